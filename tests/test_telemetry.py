@@ -1,0 +1,245 @@
+"""Tests of labkit.telemetry: reporter, samplers, recorder, and the Ray collector (slow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+from labkit.errors import ConfigError, TelemetryError
+from labkit.telemetry import (
+    EngineActivity,
+    GpuSampler,
+    ProcessSampler,
+    ProcessTarget,
+    TelemetryRecorder,
+    TelemetrySample,
+    start_reporter,
+    summarize_samples,
+)
+
+
+def _sample(t, comp="r0", role="replica", **kw):
+    return TelemetrySample(t_s=t, wall_s=1000.0 + t, node_id="n1", role=role, component_id=comp, **kw)
+
+
+def test_sample_round_trip_and_active():
+    s = _sample(1.5, running=2, waiting=3, extra={"kv": 0.5})
+    assert TelemetrySample.from_dict({**s.to_dict(), "unknown": 1}) == s
+    assert s.active == 5
+    assert _sample(1.0, running=1).active == 1
+    assert _sample(1.0, cpu_percent=5.0).active is None
+
+
+def test_reporter_pushes_batches_with_stats_cpu_and_extra():
+    batches = []
+    calls = {"n": 0}
+
+    def stats():
+        calls["n"] += 1
+        return {"running": 2, "waiting": calls["n"] % 2, "kv_usage": 0.25}
+
+    handle = start_reporter(role="replica", component_id="rep-a", node_id="node-1", stats_fn=stats,
+                            interval_s=0.01, flush_interval_s=0.05, sink=batches.append)
+    time.sleep(0.3)
+    handle.stop()
+    assert not handle.running
+    samples = [TelemetrySample.from_dict(d) for b in batches for d in b]
+    st = handle.stats()
+    assert st["samples"] == len(samples) >= 10
+    assert 2 <= st["batches_sent"] == len(batches) < len(samples)  # batched, not one push per tick
+    s = samples[-1]
+    assert (s.role, s.component_id, s.node_id, s.running) == ("replica", "rep-a", "node-1", 2)
+    assert s.waiting in (0, 1) and s.extra == {"kv_usage": 0.25}
+    assert s.cpu_percent is not None and s.pid is not None
+    assert all(a.t_s < b.t_s for a, b in zip(samples, samples[1:], strict=False))
+    assert abs(s.wall_s - time.time()) < 5
+    assert 0 <= st["cpu_fraction_of_core"] < 1
+
+
+def test_reporter_survives_failing_stats_fn_and_sink():
+    def bad_stats():
+        raise RuntimeError("engine gone")
+
+    def bad_sink(batch):
+        raise OSError("collector gone")
+
+    handle = start_reporter(role="coordinator", component_id="c", node_id="n", stats_fn=bad_stats,
+                            interval_s=0.01, flush_interval_s=0.02, sink=bad_sink, sample_cpu=False)
+    time.sleep(0.1)
+    handle.stop()
+    st = handle.stats()
+    assert st["stats_errors"] >= 3
+    assert st["samples_dropped"] == st["samples"] > 0
+    assert "collector gone" in st["last_error"] or "engine gone" in st["last_error"]
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"role": "gpu-ish"}, "role"),
+    ({"interval_s": 0}, "interval_s"),
+    ({"flush_interval_s": -1}, "flush_interval_s"),
+])
+def test_reporter_rejects_bad_config(kwargs, field):
+    args = {"role": "replica", "component_id": "x", "node_id": "n", "stats_fn": dict,
+            "sink": lambda b: None, **kwargs}
+    with pytest.raises(ConfigError) as info:
+        start_reporter(**args)
+    assert info.value.field == field
+    assert repr(kwargs[field]) in str(info.value)
+
+
+def test_summarize_samples_window_and_role():
+    samples = [_sample(t, running=t, waiting=0) for t in range(10)]
+    samples += [_sample(t, comp="coord", role="coordinator", waiting=2 * t, cpu_percent=50.0)
+                for t in range(10)]
+    out = summarize_samples(samples, start_s=2, end_s=5, role="replica")
+    assert list(out) == ["r0"]
+    assert out["r0"]["n"] == 4
+    assert out["r0"]["running_mean"] == pytest.approx(3.5)
+    assert out["r0"]["active_max"] == 5
+    both = summarize_samples(samples)
+    assert both["coord"]["waiting_max"] == 18 and both["coord"]["cpu_percent_mean"] == 50.0
+    assert "running_mean" not in both["coord"]
+
+
+def test_engine_activity_sums_engines():
+    act = EngineActivity()
+    assert act.stats() == {"running": 0, "waiting": 0}
+    act.update(types.SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1), engine_idx=0)
+    act.update(types.SimpleNamespace(num_running_reqs=2, num_waiting_reqs=0), engine_idx=1)
+    act.update(None)
+    assert act.stats() == {"running": 5, "waiting": 1}
+    assert act.updated_wall_s is not None
+
+
+def test_gpu_sampler_without_nvml_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    sampler = GpuSampler(interval_s=0.1, node_id="n")
+    assert not sampler.available
+    assert "nvidia-ml-py" in sampler.reason
+    assert sampler.sample_once() == []
+
+
+def test_gpu_sampler_with_fake_nvml(monkeypatch):
+    class NVMLError(Exception):
+        pass
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError,
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=40 + h, memory=0),
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=1 << 30, total=80 << 30),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    sampler = GpuSampler(interval_s=0.01, node_id="head")
+    assert sampler.available
+    got = sampler.sample_once()
+    assert [(s.component_id, s.gpu_util_percent) for s in got] == [("gpu0", 40.0), ("gpu1", 41.0)]
+    assert got[0].gpu_mem_total_bytes == 80 << 30 and got[0].role == "gpu"
+
+
+def test_process_sampler_follows_children_and_notes_exit():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sampler = ProcessSampler([ProcessTarget(pid=child.pid, role="proxy", component_id="p0")],
+                                 interval_s=0.02)
+        sampler.start()
+        time.sleep(0.1)
+        child.kill()
+        child.wait()
+        time.sleep(0.1)
+        samples = sampler.stop()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert samples and all(s.role == "proxy" and s.cpu_percent is not None for s in samples)
+    assert sampler.notes and f"pid {child.pid}" in sampler.notes[0]
+    assert sampler.targets == []
+
+
+def test_recorder_without_ray_maps_local_samples(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    import os
+
+    target = ProcessTarget(pid=os.getpid(), role="process", component_id="me", include_children=False)
+    with TelemetryRecorder(use_collector=False, processes=[target], process_interval_s=0.02,
+                           name="unit") as rec:
+        time.sleep(0.15)
+    assert rec.samples
+    assert all(rec.start_s <= s.t_s <= rec.end_s for s in rec.samples)
+    assert any("No GPU samples" in n for n in rec.notes)
+    assert rec.summary()["me"]["n"] == len(rec.samples)
+    again = TelemetryRecorder.from_dict(rec.to_dict())
+    assert again.samples == rec.samples and again.notes == rec.notes
+    assert "unit" in repr(rec) and "<table>" in rec._repr_html_()
+
+
+def test_recorder_rejects_unknown_processes_word():
+    with pytest.raises(ConfigError, match="'all'"):
+        TelemetryRecorder(processes="all")
+
+
+def test_recorder_stop_before_start():
+    with pytest.raises(TelemetryError, match="before start"):
+        TelemetryRecorder(use_collector=False, gpu=False).stop()
+
+
+# --------------------------------------------------------------------------------------------
+# With a real (small, local) Ray: the collector actor
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_collector_reporter_recorder_on_ray(local_ray, monkeypatch):
+    from labkit.telemetry import find_serve_processes, get_collector, kill_collector
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    ray = local_ray
+    first = get_collector(create=True, max_samples=50)
+    second = get_collector(create=True)
+    assert first._actor_id == second._actor_id  # get-or-create, one named actor
+    assert ray.get(first.stats.remote())["max_samples"] == 50
+
+    rec = TelemetryRecorder(settle_s=0.3, name="ray").start()
+    assert rec.use_collector
+    handle = start_reporter(role="replica", component_id="rep-1", stats_fn=lambda: {"running": 1},
+                            interval_s=0.02, flush_interval_s=0.1)
+    time.sleep(0.5)
+    handle.stop()
+    samples = rec.stop()
+    replica = [s for s in samples if s.role == "replica"]
+    assert len(replica) >= 10
+    assert replica[0].node_id == ray.get_runtime_context().get_node_id()
+    # mapped to the load clock (perf_counter) within a few ms of where the reporter took them
+    assert all(rec.start_s - 0.01 <= s.t_s <= rec.end_s for s in replica)
+    assert handle.stats()["samples_dropped"] == 0
+    assert find_serve_processes() == []  # no Serve here, nothing wrongly matched
+
+    # a bounded buffer: 100 pushed into 50 slots keeps the newest 50 and says so
+    ray.get(first.push.remote([{"wall_s": float(i)} for i in range(100)]))
+    info = ray.get(first.stats.remote())
+    assert info["size"] == 50 and info["dropped"] == 50
+    assert [d["wall_s"] for d in ray.get(first.drain.remote(90.0))] == [float(i) for i in range(90, 100)]
+
+    assert kill_collector() is True
+    for _ in range(50):
+        if get_collector(create=False) is None:
+            break
+        time.sleep(0.1)
+    assert get_collector(create=False) is None
