@@ -1,0 +1,439 @@
+"""Code that runs inside Ray Serve replicas: the vLLM model server and the gating coordinator.
+
+Imported only by :mod:`labkit.serve` when it builds an application (ray, starlette and vllm
+are imported here at module level on purpose: this module never loads with ``import labkit``).
+
+Protocol between the two: the coordinator calls ``LLMServer.handle_api`` through a streaming
+deployment handle; ``handle_api`` yields one ``dict`` (status and headers) and then the body as
+``bytes`` chunks. The HTTP path (``__call__``) uses the same generator, so both routes answer
+identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+HEADER_NODE = "x-labkit-node-id"
+HEADER_REPLICA = "x-labkit-replica-id"
+HEADER_TIMINGS = "x-labkit-timings"
+HEADER_SENT_AT = "x-labkit-sent-at"
+HEADER_COORD_WAIT = "x-labkit-coordinator-wait"
+HEADER_COORD_ID = "x-labkit-coordinator-id"
+
+
+class BadRequest(Exception):
+    """A request the server refuses with a 4xx and an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> bytes:
+        err = {"message": self.message, "type": "invalid_request_error", "param": self.param, "code": self.code}
+        return json.dumps({"error": err}).encode()
+
+
+def parse_request(raw: bytes, *, kind: str, served_name: str, limits: dict[str, int]) -> dict[str, Any]:
+    """Validate an OpenAI completions / chat body and return the normalised fields.
+
+    Parameters
+    ----------
+    raw : bytes
+        The request body.
+    kind : str
+        ``"completions"`` or ``"chat"``.
+    served_name : str
+        The only model name this server accepts.
+    limits : dict
+        ``max_tokens_limit``, ``max_prompt_chars``, ``max_body_bytes``.
+
+    Returns
+    -------
+    dict
+        ``prompt`` or ``messages``, ``max_tokens``, ``temperature``, ``top_p``, ``stream``,
+        ``include_usage``, ``seed``, ``stop``, ``ignore_eos``.
+
+    Raises
+    ------
+    BadRequest
+        With status 400 (malformed or out of bounds), 404 (unknown model) or 413 (too large).
+    """
+    if len(raw) > limits["max_body_bytes"]:
+        raise BadRequest(413, f"Request body of {len(raw)} bytes exceeds the limit of {limits['max_body_bytes']} bytes.")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(400, f"Request body is not valid JSON: {err}.") from None
+    if not isinstance(body, dict):
+        raise BadRequest(400, "Request body must be a JSON object.")
+    model = body.get("model")
+    if model is None:
+        raise BadRequest(400, f"'model' is required. This server serves '{served_name}'.", "model")
+    if model != served_name:
+        raise BadRequest(404, f"The model '{model}' does not exist. This server serves '{served_name}'.", "model",
+                         "model_not_found")
+    out: dict[str, Any] = {}
+    limit_chars = limits["max_prompt_chars"]
+    if kind == "completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise BadRequest(400, "'prompt' is required and must be a non-empty string (one prompt per request).",
+                             "prompt")
+        if len(prompt) > limit_chars:
+            raise BadRequest(400, f"'prompt' has {len(prompt)} characters; the limit is {limit_chars}.", "prompt")
+        out["prompt"] = prompt
+    else:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
+                for m in messages):
+            raise BadRequest(400, "'messages' is required: a non-empty list of {role, content} objects with string content.",
+                             "messages")
+        if sum(len(m["content"]) for m in messages) > limit_chars:
+            raise BadRequest(400, f"'messages' exceed {limit_chars} characters in all.", "messages")
+        out["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    max_key = "max_completion_tokens" if kind == "chat" and "max_completion_tokens" in body else "max_tokens"
+    max_tokens = body.get(max_key, 16 if kind == "completions" else limits["max_tokens_limit"])
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest(400, f"'{max_key}' must be a positive integer, got {max_tokens!r}.", max_key)
+    if max_tokens > limits["max_tokens_limit"]:
+        raise BadRequest(400, f"'{max_key}'={max_tokens} exceeds this server's limit of {limits['max_tokens_limit']}.",
+                         max_key)
+    out["max_tokens"] = max_tokens
+    for name, default, low, high in (("temperature", 1.0, 0.0, 2.0), ("top_p", 1.0, 0.0, 1.0)):
+        value = body.get(name, default)
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise BadRequest(400, f"'{name}' must be a number in [{low}, {high}], got {value!r}.", name)
+        out[name] = float(value)
+    if body.get("n", 1) != 1:
+        raise BadRequest(400, "Only n=1 is supported.", "n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(400, f"'stream' must be true or false, got {stream!r}.", "stream")
+    out["stream"] = stream
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest(400, "'stream_options' must be an object.", "stream_options")
+    out["include_usage"] = bool(options.get("include_usage", False))
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest(400, f"'seed' must be an integer, got {seed!r}.", "seed")
+    out["seed"] = seed
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4):
+        raise BadRequest(400, "'stop' must be a string or a list of at most 4 strings.", "stop")
+    out["stop"] = stop
+    out["ignore_eos"] = bool(body.get("ignore_eos", False))
+    return out
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _EngineStats:
+    """What the replica knows about its engine, updated by vLLM's stat-logger hook."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
+        self.inflight = 0
+        self.updated_wall_s = 0.0
+
+
+def _stat_logger_factory(stats: _EngineStats) -> Any:
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class LabkitStatLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                stats.running = scheduler_stats.num_running_reqs
+                stats.waiting = scheduler_stats.num_waiting_reqs
+                stats.kv_cache_usage = scheduler_stats.kv_cache_usage
+                stats.updated_wall_s = time.time()
+
+        def log_engine_initialized(self) -> None:
+            return None
+
+    return LabkitStatLogger
+
+
+class LLMServer:
+    """One Serve replica: a vLLM ``AsyncLLM`` engine behind an OpenAI-compatible API."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import ray
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+        self.settings = settings
+        self.served_name = settings["served_name"]
+        self.limits = settings["limits"]
+        self.node_id = ray.get_runtime_context().get_node_id()
+        context = serve.get_replica_context()
+        self.replica_id = context.replica_id.unique_id if context else uuid.uuid4().hex[:8]
+        self.stats = _EngineStats()
+        args = AsyncEngineArgs(**settings["engine_args"])
+        loggers = [_stat_logger_factory(self.stats), RayPrometheusStatLogger]
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
+        self.tokenizer = None
+        self._reporter = None
+        try:  # telemetry is optional: the server answers without it
+            from labkit import telemetry
+
+            start = getattr(telemetry, "start_reporter", None)
+            if start is not None and settings.get("telemetry", True):
+                self._reporter = start(role="replica", component_id=self.replica_id, node_id=self.node_id,
+                                       stats_fn=self.engine_stats)
+        except Exception as err:  # noqa: BLE001 - never fail a replica for telemetry
+            print(f"labkit: telemetry reporter not started: {err!r}")
+
+    def engine_stats(self) -> dict[str, Any]:
+        """Return running / waiting / in-flight requests of this replica's engine."""
+        return {"running": self.stats.running, "waiting": self.stats.waiting, "inflight": self.stats.inflight}
+
+    async def _prompt_for(self, req: dict[str, Any]) -> str:
+        if "prompt" in req:
+            return req["prompt"]
+        if self.tokenizer is None:
+            self.tokenizer = self.engine.get_tokenizer()
+            if asyncio.iscoroutine(self.tokenizer):
+                self.tokenizer = await self.tokenizer
+        return self.tokenizer.apply_chat_template(req["messages"], tokenize=False, add_generation_prompt=True)
+
+    async def handle_api(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[Any]:
+        """Serve one API call; yield ``{"status", "headers"}`` then body chunks (bytes)."""
+        arrival_wall = time.time()
+        arrival = time.perf_counter()
+        timings: dict[str, float] = {}
+        sent_at = headers.get(HEADER_SENT_AT)
+        if sent_at:
+            try:
+                timings["client_to_replica_s"] = max(0.0, arrival_wall - float(sent_at))
+            except ValueError:
+                pass
+        if headers.get(HEADER_COORD_WAIT):
+            try:
+                timings["coordinator_wait_s"] = float(headers[HEADER_COORD_WAIT])
+            except ValueError:
+                pass
+        base_headers = {HEADER_NODE: self.node_id, HEADER_REPLICA: self.replica_id}
+        route = path.rstrip("/")
+        if route.endswith("/v1/models") and method == "GET":
+            data = {"object": "list", "data": [{"id": self.served_name, "object": "model", "created": 0,
+                                                "owned_by": "labkit", "max_model_len": self.settings["max_model_len"]}]}
+            yield {"status": 200, "headers": base_headers, "media_type": "application/json"}
+            yield json.dumps(data).encode()
+            return
+        if route.endswith("/healthz") or route.endswith("/health"):
+            yield {"status": 200, "headers": base_headers, "media_type": "application/json"}
+            yield json.dumps({"status": "ok", **self.engine_stats()}).encode()
+            return
+        kind = "chat" if route.endswith("/v1/chat/completions") else "completions" if route.endswith("/v1/completions") else None
+        if kind is None or method != "POST":
+            err = BadRequest(404, f"No route for {method} {path}. Available: POST /v1/completions, "
+                                  "POST /v1/chat/completions, GET /v1/models.")
+            yield {"status": 404, "headers": base_headers, "media_type": "application/json"}
+            yield err.body()
+            return
+        try:
+            req = parse_request(body, kind=kind, served_name=self.served_name, limits=self.limits)
+            prompt = await self._prompt_for(req)
+        except BadRequest as err:
+            yield {"status": err.status, "headers": base_headers, "media_type": "application/json"}
+            yield err.body()
+            return
+        async for item in self._generate(kind, req, prompt, arrival, timings, base_headers):
+            yield item
+
+    async def _generate(self, kind: str, req: dict[str, Any], prompt: str, arrival: float,
+                        timings: dict[str, float], base_headers: dict[str, str]) -> AsyncIterator[Any]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        params = SamplingParams(max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
+                                seed=req["seed"], stop=req["stop"], ignore_eos=req["ignore_eos"],
+                                output_kind=RequestOutputKind.DELTA)
+        created = int(time.time())
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        self.stats.inflight += 1
+        submit = time.perf_counter()
+        timings["replica_wait_s"] = submit - arrival
+        first: float | None = None
+        text_parts: list[str] = []
+        prompt_tokens = 0
+        output_tokens = 0
+        finish = None
+        metrics = None
+        try:
+            stream = self.engine.generate(prompt, params, request_id)
+            if req["stream"]:
+                yield {"status": 200, "headers": base_headers, "media_type": "text/event-stream"}
+                if kind == "chat":
+                    yield _sse({"id": request_id, "object": obj, "created": created, "model": self.served_name,
+                                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                             "finish_reason": None}]})
+            async for out in stream:
+                completion = out.outputs[0]
+                if out.prompt_token_ids is not None:
+                    prompt_tokens = len(out.prompt_token_ids)
+                output_tokens += len(completion.token_ids)
+                if first is None and completion.token_ids:
+                    first = time.perf_counter()
+                finish = completion.finish_reason
+                metrics = out.metrics or metrics
+                if req["stream"] and (completion.text or finish):
+                    if kind == "chat":
+                        choice = {"index": 0, "delta": {"content": completion.text} if completion.text else {},
+                                  "finish_reason": finish}
+                    else:
+                        choice = {"index": 0, "text": completion.text, "logprobs": None, "finish_reason": finish}
+                    yield _sse({"id": request_id, "object": obj, "created": created, "model": self.served_name,
+                                "choices": [choice]})
+                else:
+                    text_parts.append(completion.text)
+        except asyncio.CancelledError:
+            await self.engine.abort(request_id)
+            raise
+        except Exception as err:  # noqa: BLE001 - engine failure becomes a clear 500/503 for the client
+            if req["stream"]:
+                yield _sse({"error": {"message": f"engine failed: {err!r}", "type": "server_error"}})
+                yield b"data: [DONE]\n\n"
+            else:
+                yield {"status": 503, "headers": base_headers, "media_type": "application/json"}
+                yield json.dumps({"error": {"message": f"engine failed: {err!r}", "type": "server_error"}}).encode()
+            return
+        finally:
+            self.stats.inflight -= 1
+        done = time.perf_counter()
+        if first is not None:
+            timings["engine_ttft_s"] = first - submit
+        timings["engine_total_s"] = done - submit
+        if metrics is not None and getattr(metrics, "scheduled_ts", 0) and getattr(metrics, "queued_ts", 0):
+            timings["engine_queue_s"] = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": output_tokens,
+                 "total_tokens": prompt_tokens + output_tokens}
+        labkit = {"node_id": self.node_id, "replica_id": self.replica_id, "timings": timings}
+        if req["stream"]:
+            if req["include_usage"]:
+                yield _sse({"id": request_id, "object": obj, "created": created, "model": self.served_name,
+                            "choices": [], "usage": usage, "labkit": labkit})
+            else:
+                yield _sse({"id": request_id, "object": obj, "created": created, "model": self.served_name,
+                            "choices": [], "labkit": labkit})
+            yield b"data: [DONE]\n\n"
+            return
+        text = "".join(text_parts)
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            obj_full = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            obj_full = "text_completion"
+        headers = dict(base_headers)
+        headers[HEADER_TIMINGS] = json.dumps(timings, separators=(",", ":"))
+        yield {"status": 200, "headers": headers, "media_type": "application/json"}
+        yield json.dumps({"id": request_id, "object": obj_full, "created": created, "model": self.served_name,
+                          "choices": [choice], "usage": usage, "labkit": labkit}).encode()
+
+    async def __call__(self, request: Request) -> Response:
+        """Answer HTTP directly (the distributed topologies: a proxy routes here)."""
+        body = await request.body()
+        gen = self.handle_api(request.method, request.url.path, body, dict(request.headers))
+        return await _respond(gen)
+
+    def check_health(self) -> None:
+        """Serve health check: raise when the engine died so Serve replaces the replica."""
+        if getattr(self.engine, "errored", False):
+            msg = "vLLM engine is dead"
+            raise RuntimeError(msg)
+
+
+async def _respond(gen: AsyncIterator[Any]) -> Response:
+    head = await gen.__anext__()
+    if head.get("media_type") == "text/event-stream":
+        return StreamingResponse(gen, status_code=head["status"], headers=head["headers"],
+                                 media_type="text/event-stream")
+    chunks = [chunk async for chunk in gen]
+    return Response(b"".join(chunks), status_code=head["status"], headers=head["headers"],
+                    media_type=head.get("media_type"))
+
+
+class Coordinator:
+    """The chapter's "single node gates requests before distribution": one process on the head.
+
+    Every request waits for one of ``max_concurrency`` slots, then is relayed through a
+    deployment handle to a model replica; the wait is reported to the replica, which returns it
+    in its timings as ``coordinator_wait_s``.
+    """
+
+    def __init__(self, llm_handle: Any, max_concurrency: int, telemetry: bool = True) -> None:
+        import ray
+
+        self.handle = llm_handle.options(stream=True)
+        self.max_concurrency = max_concurrency
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.waiting = 0
+        self.inflight = 0
+        self.node_id = ray.get_runtime_context().get_node_id()
+        context = serve.get_replica_context()
+        self.coordinator_id = context.replica_id.unique_id if context else "coordinator"
+        self._reporter = None
+        try:
+            from labkit import telemetry as tel
+
+            start = getattr(tel, "start_reporter", None)
+            if start is not None and telemetry:
+                self._reporter = start(role="coordinator", component_id=self.coordinator_id, node_id=self.node_id,
+                                       stats_fn=lambda: {"inflight": self.inflight, "waiting": self.waiting})
+        except Exception as err:  # noqa: BLE001 - never fail the coordinator for telemetry
+            print(f"labkit: telemetry reporter not started: {err!r}")
+
+    async def _relay(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[Any]:
+        queued = time.perf_counter()
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.inflight += 1
+        try:
+            headers = dict(headers)
+            headers[HEADER_COORD_WAIT] = f"{time.perf_counter() - queued:.6f}"
+            headers[HEADER_COORD_ID] = self.coordinator_id
+            async for item in self.handle.handle_api.remote(method, path, body, headers):
+                yield item
+        finally:
+            self.inflight -= 1
+            self.slots.release()
+
+    async def __call__(self, request: Request) -> Response:
+        """Gate, then relay to a model replica."""
+        body = await request.body()
+        return await _respond(self._relay(request.method, request.url.path, body, dict(request.headers)))
