@@ -1,0 +1,266 @@
+"""Tests of labkit.diagnose on synthetic record sets, one per verdict, plus edge cases."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from labkit.diagnose import VERDICTS, Diagnosis, Thresholds, compare, diagnose
+from labkit.errors import ConfigError
+from labkit.load import RequestRecord
+from labkit.telemetry import TelemetrySample
+
+RATE_RPS = 10.0
+
+
+def make_run(n=200, *, slow_every=10, slow_pre_s=0.0, slow_queue_s=0.0, replicas=("r0", "r1"),
+             weights=None, server=True, seed=0, errors=0, base_queue_s=0.0):
+    """A 10 rps run with ~200 ms requests; every `slow_every`-th request gets extra time before
+    the engine (`slow_pre_s`, as coordinator wait) or in the engine queue (`slow_queue_s`)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        sched = i / RATE_RPS
+        sent = sched + rng.uniform(0, 0.002)
+        slow = slow_every and i % slow_every == 0
+        pre = 0.005 + rng.uniform(0, 0.002) + (slow_pre_s if slow else 0.0)
+        queue = base_queue_s + rng.uniform(0, 0.002) + (slow_queue_s if slow else 0.0)
+        engine = queue + 0.19 + rng.uniform(0, 0.01)
+        done = sent + pre + engine + 0.002
+        replica = rng.choices(replicas, weights=weights)[0] if weights else replicas[i % len(replicas)]
+        timings = {}
+        if server:
+            timings = {"client_to_replica_s": pre - 0.001, "replica_wait_s": 0.001,
+                       "coordinator_wait_s": (slow_pre_s if slow else 0.0), "engine_queue_s": queue,
+                       "engine_ttft_s": queue + 0.02, "engine_total_s": engine}
+        out.append(RequestRecord(request_id=f"q{i}", scheduled_s=sched, sent_s=sent, done_s=done,
+                                 first_token_s=sent + pre + queue + 0.02, last_token_s=done - 0.001,
+                                 output_tokens=32, node_id=f"node-{replica}", replica_id=replica,
+                                 server=timings))
+    for j in range(errors):
+        out.append(RequestRecord(request_id=f"e{j}", scheduled_s=j / RATE_RPS, sent_s=j / RATE_RPS,
+                                 done_s=j / RATE_RPS + 0.01, status="error", error="HTTP 500"))
+    return out
+
+
+def make_telemetry(records, *, running=2, waiting_in_slow=0, waiting_base=0, replicas=("r0", "r1"),
+                   slow_s=0.3):
+    """Replica samples every 0.1 s; `waiting_in_slow` while a slow (> slow_s) request is in flight."""
+    slow = [(r.sent_s, r.done_s) for r in records if r.status == "ok" and r.done_s - r.scheduled_s > slow_s]
+    end = max(r.done_s for r in records)
+    out = []
+    t = 0.0
+    while t <= end:
+        busy = any(a <= t <= b for a, b in slow)
+        extra_running = 1 if busy and waiting_in_slow else 0
+        for rep in replicas:
+            out.append(TelemetrySample(t_s=t, wall_s=t, node_id=f"node-{rep}", role="replica",
+                                       component_id=rep, running=running + extra_running,
+                                       waiting=waiting_base + (waiting_in_slow if busy else 0)))
+        out.append(TelemetrySample(t_s=t, wall_s=t, node_id="node-r0", role="coordinator",
+                                   component_id="coord", waiting=5 if busy else 0, cpu_percent=95.0))
+        t = round(t + 0.1, 6)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# one synthetic run per verdict
+# --------------------------------------------------------------------------------------------
+
+
+def test_healthy():
+    recs = make_run(slow_every=0)
+    d = diagnose(recs, make_telemetry(recs), name="distributed")
+    assert d.verdict == "healthy"
+    assert d.evidence["e2e_p99_p50_ratio"] < 1.2
+    assert d.evidence["balance_index_replica"] == pytest.approx(1.0)
+    assert "distributed" in repr(d)
+
+
+def test_coordinator_bottleneck_from_server_timings_and_flat_engines():
+    recs = make_run(slow_pre_s=0.6)
+    d = diagnose(recs, make_telemetry(recs), name="gated")
+    assert d.verdict == "coordinator_bottleneck"
+    ev = d.evidence
+    assert ev["e2e_p99_p50_ratio"] >= 2
+    assert ev["tail_pre_engine_share"] > 0.9
+    assert ev["tail_coordinator_wait_share"] > 0.9
+    assert ev["tail_engine_share"] < 0.1
+    assert ev["engine_active_ratio"] == pytest.approx(1.0)
+    assert ev["coordinator_waiting_mean_tail"] > 0 and ev["coordinator_cpu_percent_max"] == 95.0
+    assert "coordinator" in d.explanation and "not engine throughput" in d.explanation
+    passed = {c.threshold: c.passed for c in d.checks}
+    assert passed["tail_ratio_e2e"] is True and passed["pre_engine_share_min"] is True
+
+
+def test_coordinator_bottleneck_without_telemetry():
+    d = diagnose(make_run(slow_pre_s=0.6))
+    assert d.verdict == "coordinator_bottleneck"
+    assert any("No telemetry" in n for n in d.notes)
+
+
+def test_engine_saturation_tail_in_engine_queue_with_rising_activity():
+    recs = make_run(slow_queue_s=0.6, slow_every=25)  # bursts: the engines queue a third of the time
+    d = diagnose(recs, make_telemetry(recs, waiting_in_slow=3))
+    assert d.verdict == "engine_saturation"
+    ev = d.evidence
+    assert ev["tail_engine_queue_share"] > 0.9 and ev["tail_pre_engine_share"] < 0.1
+    assert ev["engine_active_ratio"] > 1.25
+    assert ev["engine_waiting_mean_tail"] >= 1
+    assert "saturated" in d.explanation
+
+
+def test_engine_saturation_even_tail_but_engines_queue_all_along():
+    recs = make_run(slow_every=0, base_queue_s=0.3)
+    d = diagnose(recs, make_telemetry(recs, waiting_base=2))
+    assert d.verdict == "engine_saturation"
+    assert d.evidence["e2e_p99_p50_ratio"] < 2
+    assert d.evidence["engine_waiting_mean_all"] == 2
+
+
+def test_engine_saturation_even_tail_from_server_queue_time_alone():
+    d = diagnose(make_run(slow_every=0, base_queue_s=0.5))
+    assert d.verdict == "engine_saturation"
+    assert d.evidence["engine_queue_fraction_median"] > 0.5
+
+
+def test_router_backpressure_from_full_engines_is_saturation_not_coordinator():
+    # time before the engine grows, but the engines run at their capacity meanwhile
+    recs = make_run(slow_pre_s=0.6)
+    tel = make_telemetry(recs, running=4)
+    assert diagnose(recs, tel).verdict == "coordinator_bottleneck"
+    d = diagnose(recs, tel, engine_capacity=4)
+    assert d.verdict == "engine_saturation"
+    assert d.evidence["engine_running_fraction_tail"] == pytest.approx(1.0)
+
+
+def test_load_imbalance():
+    recs = make_run(slow_every=0, replicas=("r0", "r1"), weights=(0.85, 0.15))
+    d = diagnose(recs, make_telemetry(recs))
+    assert d.verdict == "load_imbalance"
+    assert d.evidence["balance_index_replica"] < 0.9
+    assert d.shares["replica_id"]["r0"] > 0.75
+    assert "min_balance_index" in d.explanation
+
+
+def test_idle_replica_counts_as_imbalance():
+    recs = make_run(slow_every=0, replicas=("r0",))
+    assert diagnose(recs).verdict == "healthy"
+    d = diagnose(recs, expected_replicas=2)
+    assert d.verdict == "load_imbalance"
+    assert d.evidence["balance_index_replica"] == pytest.approx(0.5)
+    # the same, learned from telemetry of a replica that served nothing
+    d2 = diagnose(recs, make_telemetry(recs, replicas=("r0", "r1")))
+    assert d2.verdict == "load_imbalance"
+
+
+def test_balance_not_judged_on_few_requests():
+    recs = make_run(n=30, slow_every=0, replicas=("r0", "r1"), weights=(0.8, 0.2))
+    d = diagnose(recs)
+    assert d.verdict == "healthy"
+    assert any("Balance not judged" in n for n in d.notes)
+
+
+# --------------------------------------------------------------------------------------------
+# edge cases
+# --------------------------------------------------------------------------------------------
+
+
+def test_tiny_n_is_insufficient():
+    d = diagnose(make_run(n=5))
+    assert d.verdict == "insufficient_data"
+    assert "min_requests = 20" in d.explanation
+    assert d.checks[0].passed is False
+
+
+def test_empty_and_all_errors():
+    assert diagnose([]).verdict == "insufficient_data"
+    d = diagnose(make_run(n=0, errors=30))
+    assert d.verdict == "insufficient_data"
+    assert d.evidence["error_rate"] == 1.0
+
+
+def test_no_server_timings_no_telemetry_spiky_tail_is_insufficient():
+    d = diagnose(make_run(slow_pre_s=0.6, server=False))
+    assert d.verdict == "insufficient_data"
+    assert d.evidence["tail_pre_engine_share"] is None
+    assert "cannot" in d.explanation
+
+
+def test_no_server_timings_with_flat_telemetry_points_at_coordinator():
+    recs = make_run(slow_pre_s=0.6, server=False)
+    d = diagnose(recs, make_telemetry(recs))
+    assert d.verdict == "coordinator_bottleneck"
+    assert any("No server timings" in n for n in d.notes)
+    recs = make_run(slow_queue_s=0.6, slow_every=25, server=False)
+    assert diagnose(recs, make_telemetry(recs, waiting_in_slow=3)).verdict == "engine_saturation"
+
+
+def test_errors_are_noted_and_excluded():
+    d = diagnose(make_run(slow_every=0, errors=30))
+    assert d.verdict == "healthy"
+    assert d.evidence["n_ok"] == 200 and d.evidence["error_rate"] == pytest.approx(30 / 230)
+    assert any("failed" in n for n in d.notes)
+
+
+def test_warmup_excluded_and_dicts_and_result_objects_accepted():
+    recs = make_run(slow_every=0)
+    recs[0].warmup = True
+
+    class Result:
+        records = [r.to_dict() for r in recs]
+        config = type("Cfg", (), {"name": "from-config"})()
+
+    d = diagnose(Result())
+    assert d.name == "from-config" and d.evidence["n_requests"] == 199
+
+
+def test_lagging_generator_noted():
+    recs = make_run(slow_every=0)
+    for r in recs[::3]:
+        r.sent_s += 0.2
+        r.done_s += 0.2
+    assert any("sent late" in n for n in diagnose(recs).notes)
+
+
+@pytest.mark.parametrize("field, value", [("tail_ratio_e2e", -1.0), ("min_requests", float("nan"))])
+def test_thresholds_validate(field, value):
+    with pytest.raises(ConfigError, match=field):
+        Thresholds(**{field: value})
+
+
+def test_thresholds_change_the_verdict_and_show_in_checks():
+    recs = make_run(slow_pre_s=0.6)
+    strict = Thresholds(tail_ratio_e2e=100.0, tail_ratio_ttft=100.0)
+    d = diagnose(recs, thresholds=strict)
+    assert d.verdict == "healthy"
+    check = next(c for c in d.checks if c.threshold == "tail_ratio_e2e")
+    assert check.limit == 100.0 and check.passed is False
+    assert "tail_ratio_e2e = 100" in str(check)
+
+
+def test_bad_parameters():
+    with pytest.raises(ConfigError, match="engine_capacity=0"):
+        diagnose(make_run(), engine_capacity=0)
+
+
+def test_to_dict_repr_html_and_compare():
+    gated = diagnose(make_run(slow_pre_s=0.6), name="gated")
+    dist = diagnose(make_run(slow_every=0), name="distributed")
+    data = gated.to_dict()
+    assert data["verdict"] in VERDICTS and data["thresholds"]["tail_ratio_e2e"] == 2.0
+    import json
+
+    json.dumps(data)
+    assert isinstance(gated, Diagnosis)
+    assert "coordinator bottleneck" in gated._repr_html_()
+    table = compare({"gated": gated, "distributed": dist})
+    text = repr(table)
+    assert "coordinator_bottleneck" in text and "healthy" in text
+    assert "<table>" in table._repr_html_()
+    assert set(compare([gated, dist]).to_dict()) == {"gated", "distributed"}
+    with pytest.raises(ConfigError):
+        compare({})
+    with pytest.raises(ConfigError, match="unique"):
+        compare([gated, gated])
