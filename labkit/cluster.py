@@ -29,6 +29,7 @@ __all__ = [
     "NodeInfo",
     "connect_cluster",
     "find_ray_processes",
+    "kill_leftovers",
     "register_cli",
     "start_cluster",
 ]
@@ -566,3 +567,27 @@ def _cli_cluster(args: Any) -> int:
     left = find_ray_processes(_temp_root(None))
     print(f"stopped; Ray processes left: {len(left)}")
     return 0 if not left else 1
+
+
+def kill_leftovers(marker: str | None = None) -> int:
+    """Kill Ray processes that an embedded cluster of the kit left behind (e.g. after a crash).
+
+    Parameters
+    ----------
+    marker : str, optional
+        Substring of their command line; default the kit's Ray session folder.
+
+    Returns
+    -------
+    int
+        How many processes were killed.
+    """
+    import psutil
+
+    found = find_ray_processes(marker or _temp_root(None))
+    for item in found:
+        try:
+            psutil.Process(item["pid"]).kill()
+        except psutil.NoSuchProcess:
+            continue
+    return len(found)
