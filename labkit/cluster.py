@@ -494,8 +494,8 @@ def _check_reachable(address: str, timeout_s: float) -> None:
             return
     except OSError as err:
         msg = (f"Cannot reach the Ray cluster at '{_redact_address(address)}' ({err}). Check that the head is "
-               "running (`ray status` on the head), the address and port, and the firewall; or use "
-               "cluster_address=None for the embedded cluster.")
+               "running (start it with `ray start --head`; `ray status` on the head shows it), the address and "
+               "port, and the firewall; or use cluster_address=None for the embedded cluster.")
         raise ClusterError(msg, address=_redact_address(address)) from None
 
 

@@ -48,6 +48,9 @@ __all__ = [
     "build_llm_config",
     "check_memory",
     "deploy",
+    "deploy_coordinator",
+    "list_replicas",
+    "reserve_placement",
     "fetch_metrics",
     "plan_placement",
     "topology_preset",
@@ -810,3 +813,96 @@ def deploy_llm_app(config: ServeConfig) -> Any:
     app = build_openai_app({"llm_configs": [LLMConfig(**fields)]})
     serve.start(proxy_location=config.proxy_location, http_options={"host": config.host, "port": config.port})
     return serve.run(app, name=config.app_name, route_prefix="/")
+
+
+def reserve_placement(config: ServeConfig, *, timeout_s: float = 30.0) -> list[list[str]]:
+    """Reserve the placement groups that ``config``'s replicas would get, report where, release them.
+
+    Works on logical GPUs, so a CPU box shows where TP ranks and PP stages would land.
+
+    Parameters
+    ----------
+    config : ServeConfig
+        The deployment (usually ``backend="gpu"``).
+    timeout_s : float
+        How long to wait for each reservation.
+
+    Returns
+    -------
+    list of list of str
+        For each replica, the node name of each bundle (one bundle per device).
+
+    Raises
+    ------
+    PlacementError
+        If the plan does not fit, or Ray cannot reserve it in time.
+    """
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    from labkit.cluster import ClusterHandle
+
+    nodes = ClusterHandle(address="auto", embedded=False, config=None).nodes()
+    plan = plan_placement(config, nodes)
+    names = {n.node_id: n.name for n in nodes}
+    bundles = plan.bundles or [{"CPU": config.cpus_per_replica, **({"GPU": 1.0} if config.backend == "gpu" else {})}]
+    groups = []
+    try:
+        for _ in range(config.num_replicas):
+            group = placement_group(bundles, strategy=plan.strategy if plan.bundles else "PACK")
+            groups.append(group)
+            ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+            if not ready:
+                msg = (f"Ray could not reserve {bundles} ({plan.strategy}) within {timeout_s:g} s: the cluster's free "
+                       "resources do not fit (other deployments hold them?).")
+                raise PlacementError(msg, needed={"bundles": len(bundles)})
+        return [[names.get(node, node) for node in
+                 (placement_group_table(g)["bundles_to_node_id"][i] for i in range(len(bundles)))]
+                for g in groups]
+    finally:
+        for group in groups:
+            remove_placement_group(group)
+
+
+def deploy_coordinator(deployment: Deployment, *, max_concurrency: int = 2, name: str = "gated",
+                       route_prefix: str = "/gated") -> str:
+    """Put a single gating coordinator (on the head) in front of an existing deployment's replicas.
+
+    Both doors then reach the *same* engines: ``deployment.url`` routes straight to the replicas,
+    the returned URL goes through the coordinator. The comparison isolates the coordinator.
+
+    Parameters
+    ----------
+    deployment : Deployment
+        A running deployment without coordinator.
+    max_concurrency : int
+        Requests the coordinator lets through at once.
+    name : str
+        Serve application name of the coordinator.
+    route_prefix : str
+        Where it answers.
+
+    Returns
+    -------
+    str
+        The base URL of the gated door (``.../gated``).
+
+    Raises
+    ------
+    ConfigError
+        If ``max_concurrency`` < 1.
+    """
+    if max_concurrency < 1:
+        msg = f"max_concurrency={max_concurrency!r} must be >= 1."
+        raise ConfigError(msg, field="max_concurrency", value=max_concurrency)
+    from ray import serve
+
+    from labkit import _replica
+
+    handle = serve.get_deployment_handle("LLMServer", app_name=deployment.config.app_name)
+    app = serve.deployment(_replica.Coordinator).options(
+        name="Coordinator", num_replicas=1, max_ongoing_requests=100_000,
+        ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}},
+    ).bind(handle, max_concurrency, deployment.config.telemetry)
+    serve.run(app, name=name, route_prefix=route_prefix)
+    return deployment.url + route_prefix

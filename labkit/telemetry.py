@@ -713,9 +713,10 @@ def find_serve_processes() -> list[ProcessTarget]:
     """Find the Serve proxy, controller, replica and coordinator processes on this machine.
 
     Uses Ray's actor table (a private Ray API, guarded): actors whose class is ``ProxyActor``
-    become "proxy", ``ServeController`` "controller", ``ServeReplica:*`` "replica"
+    become "proxy", ``ServeController`` "controller", ``ServeReplica:<app>:<deployment>``
+    "replica", or "coordinator" when the deployment's name contains "coordinator"
     (``component_id`` is the replica's unique id, the part of the actor name after the last
-    ``#``) and any class whose name contains ``Coordinator`` "coordinator". Only actors on
+    ``#``, as ``serve.get_replica_context().replica_id.unique_id`` gives it). Only actors on
     nodes with this machine's IP address are returned (their pids are meaningful here).
 
     Returns
@@ -749,10 +750,10 @@ def find_serve_processes() -> list[ProcessTarget]:
             role, comp = "proxy", f"proxy-{address.get('NodeID', '')[:8]}"
         elif cls_name == "ServeController":
             role, comp = "controller", "controller"
-        elif cls_name.startswith("ServeReplica:"):
-            role, comp = "replica", name.rsplit("#", 1)[-1] or cls_name
-        elif "coordinator" in cls_name.lower():
-            role, comp = "coordinator", name or cls_name
+        elif cls_name.startswith("ServeReplica:") or "coordinator" in cls_name.lower():
+            deployment = cls_name.rsplit(":", 1)[-1]
+            role = "coordinator" if "coordinator" in deployment.lower() else "replica"
+            comp = name.rsplit("#", 1)[-1] or cls_name
         else:
             continue
         out.append(ProcessTarget(pid=int(info["Pid"]), role=role, component_id=comp,

@@ -1,0 +1,163 @@
+"""Serve: request validation, topology presets, placement planning (no cluster needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labkit.errors import ConfigError, PlacementError
+from labkit.serve import PRESETS, ServeConfig, check_memory, plan_placement, topology_preset
+
+LIMITS = {"max_tokens_limit": 256, "max_prompt_chars": 100, "max_body_bytes": 2000}
+
+
+def _parse(body, kind="completions"):
+    pytest.importorskip("ray.serve")
+    from labkit._replica import parse_request
+
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_request(raw, kind=kind, served_name="m", limits=LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        ({"model": "m"}, 400, "'prompt' is required"),
+        ({"model": "m", "prompt": ""}, 400, "'prompt' is required"),
+        ({"model": "other", "prompt": "hi"}, 404, "The model 'other' does not exist"),
+        ({"prompt": "hi"}, 400, "'model' is required"),
+        ({"model": "m", "prompt": "hi", "max_tokens": -1}, 400, "positive integer"),
+        ({"model": "m", "prompt": "hi", "max_tokens": 0}, 400, "positive integer"),
+        ({"model": "m", "prompt": "hi", "max_tokens": 10**9}, 400, "exceeds this server's limit of 256"),
+        ({"model": "m", "prompt": "hi", "max_tokens": "8"}, 400, "positive integer"),
+        ({"model": "m", "prompt": "x" * 101}, 400, "limit is 100"),
+        ({"model": "m", "prompt": "hi", "temperature": 9}, 400, "'temperature'"),
+        ({"model": "m", "prompt": "hi", "n": 2}, 400, "n=1"),
+        ({"model": "m", "prompt": "hi", "stream": "yes"}, 400, "'stream'"),
+        (b"{" + b" " * 3000 + b"}", 413, "exceeds the limit"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(body, status, words):
+    from labkit._replica import BadRequest
+
+    with pytest.raises(BadRequest) as info:
+        _parse(body)
+    assert info.value.status == status
+    assert words in info.value.message
+    assert json.loads(info.value.body())["error"]["message"] == info.value.message
+
+
+def test_good_request_is_normalised():
+    req = _parse({"model": "m", "prompt": ["hi"], "max_tokens": 4, "stream": True,
+                  "stream_options": {"include_usage": True}, "stop": "x"})
+    assert req["prompt"] == "hi" and req["max_tokens"] == 4 and req["include_usage"] and req["stop"] == ["x"]
+
+
+def test_chat_request_needs_messages():
+    from labkit._replica import BadRequest
+
+    with pytest.raises(BadRequest, match="'messages' is required"):
+        _parse({"model": "m", "messages": []}, kind="chat")
+    req = _parse({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3},
+                 kind="chat")
+    assert req["max_tokens"] == 3
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_compose_valid_configs(name):
+    config = topology_preset(name, num_replicas=2)
+    config.validate()
+    assert config.proxy_location in ("EveryNode", "HeadOnly")
+
+
+def test_gated_preset_has_one_coordinator_and_head_only_proxy():
+    config = topology_preset("gated", coordinator_max_concurrency=3)
+    assert config.coordinator and config.coordinator_max_concurrency == 3 and config.proxy_location == "HeadOnly"
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError, match=r"Unknown topology 'ring'. Available: \['distributed'"):
+        topology_preset("ring")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"num_replicas": 0}, "num_replicas"),
+        ({"backend": "tpu"}, "backend"),
+        ({"proxy_location": "Everywhere"}, "proxy_location"),
+        ({"placement": "random"}, "placement"),
+        ({"request_router": "fastest"}, "request_router"),
+        ({"tensor_parallel_size": 2}, "backend"),
+        ({"max_tokens_limit": 10_000}, "max_tokens_limit"),
+    ],
+)
+def test_bad_serve_config_names_the_field(overrides, field):
+    with pytest.raises(ConfigError) as info:
+        ServeConfig(**overrides).validate()
+    assert info.value.field == field
+
+
+def _nodes(gpus):
+    nodes = [{"node_id": "h", "name": "head", "is_head": True, "cpus": 1, "gpus": 0}]
+    nodes += [{"node_id": f"w{i}", "name": f"worker-{i}", "is_head": False, "cpus": 2, "gpus": g}
+              for i, g in enumerate(gpus, start=1)]
+    return nodes
+
+
+def test_chapter_snippet_bug_is_fixed_by_one_bundle_per_device():
+    """The chapter's num_gpus=2 for TP 2 x PP 2 reserves 2 of the 4 devices a replica uses."""
+    plan = plan_placement(ServeConfig(backend="gpu", num_replicas=1, tensor_parallel_size=2,
+                                      pipeline_parallel_size=2), _nodes([2, 2]))
+    assert sum(b.get("GPU", 0) for b in plan.bundles) == 4
+    assert "num_gpus" not in plan.ray_actor_options
+    assert sorted(plan.nodes_for_replicas[0]) == ["worker-1", "worker-2"]
+
+
+@pytest.mark.parametrize(
+    ("tp", "pp", "replicas", "gpus", "words"),
+    [
+        (2, 2, 1, [2], "a replica needs 4 GPUs (TP 2 x PP 2); the largest node has 2 and PP across nodes needs 2"),
+        (4, 1, 1, [2, 2], "TP 4 must fit inside one node but the largest node has 2"),
+        (2, 2, 2, [2, 2], "4 for 2 replica(s); the cluster holds 2 such stages"),
+        (1, 1, 1, [0, 0], "the largest node has 0"),
+    ],
+)
+def test_unplaceable_tp_pp_is_refused_with_the_numbers(tp, pp, replicas, gpus, words):
+    config = ServeConfig(backend="gpu", num_replicas=replicas, tensor_parallel_size=tp, pipeline_parallel_size=pp)
+    with pytest.raises(PlacementError) as info:
+        plan_placement(config, _nodes(gpus))
+    assert words in str(info.value)
+
+
+def test_spread_needs_enough_nodes_and_packed_one_big_node():
+    with pytest.raises(PlacementError, match="at most one replica per node: 3 replicas need 3 nodes"):
+        plan_placement(ServeConfig(num_replicas=3), _nodes([0, 0]))
+    plan = plan_placement(ServeConfig(num_replicas=2, placement="packed"), _nodes([0, 0]))
+    assert plan.nodes_for_replicas == [["worker-1"], ["worker-1"]]
+    with pytest.raises(PlacementError, match="packed"):
+        plan_placement(ServeConfig(num_replicas=3, placement="packed"), _nodes([0, 0]))
+
+
+def test_not_enough_memory_for_the_engines():
+    with pytest.raises(ConfigError, match=r"4 engines need about 10.0 GiB .* 2.0 GiB is available"):
+        check_memory(ServeConfig(num_replicas=4), available_bytes=2 * 1024**3)
+    assert check_memory(ServeConfig(num_replicas=2), available_bytes=20 * 1024**3)["needed_gib"] == 5.0
+
+
+def test_llm_config_for_ray_serve_llm_goes_through_the_same_checks():
+    from labkit.serve import build_llm_config
+
+    config = ServeConfig(backend="gpu", model="dummy:llama-2-70b", num_replicas=1, tensor_parallel_size=2,
+                         pipeline_parallel_size=2)
+    fields = build_llm_config(config, _nodes([2, 2]))
+    assert fields["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert fields["engine_kwargs"]["load_format"] == "dummy"
+    assert len(fields["placement_group_config"]["bundles"]) == 4
+    with pytest.raises(PlacementError):
+        build_llm_config(config, _nodes([2]))
+    with pytest.raises(ConfigError, match="backend='gpu'"):
+        build_llm_config(ServeConfig(), None)

@@ -1,0 +1,113 @@
+"""The real stack: an embedded 3-node Ray cluster, Serve proxies, vLLM CPU engines (shared fixture)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_smallest_example_answers_from_two_nodes(lab_cluster, lab_deployment):
+    replicas = [r for r in lab_deployment.replicas if r["deployment"] == "LLMServer"]
+    assert len(replicas) == 2
+    assert len({r["node_id"] for r in replicas}) == 2, "replicas must be spread over two nodes"
+    names = lab_cluster.node_names()
+    assert {names[r["node_id"]] for r in replicas} <= {"worker-1", "worker-2"}
+    seen = set()
+    for i in range(16):
+        answer = lab_deployment.complete(f"Question {i}: what is tail latency?", max_tokens=8)
+        assert answer["choices"][0]["text"]
+        assert answer["usage"]["completion_tokens"] >= 1
+        assert answer["_headers"]["x-labkit-node-id"] == answer["labkit"]["node_id"]
+        seen.add(answer["labkit"]["node_id"])
+    assert len(seen) == 2, f"16 requests were all served by {seen}"
+
+
+def test_openai_client_streams_with_usage_and_attribution(lab_deployment):
+    import openai
+
+    client = openai.OpenAI(base_url=lab_deployment.url + "/v1", api_key="unused")
+    chunks = list(client.completions.create(model=lab_deployment.served_model_name, prompt="Hello",
+                                            max_tokens=12, temperature=0, stream=True,
+                                            stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text
+    final = chunks[-1]
+    assert final.usage.completion_tokens == 12
+    labkit = final.model_extra["labkit"]
+    timings = labkit["timings"]
+    assert labkit["node_id"] and labkit["replica_id"]
+    assert 0 < timings["engine_ttft_s"] <= timings["engine_total_s"]
+    models = client.models.list()
+    assert [m.id for m in models.data] == [lab_deployment.served_model_name]
+    chat = client.chat.completions.create(model=lab_deployment.served_model_name,
+                                          messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert chat.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{oops", 400),
+        (b'{"model": "labkit-tiny-llama"}', 400),
+        (b'{"model": "labkit-tiny-llama", "prompt": "x", "max_tokens": -5}', 400),
+        (b'{"model": "labkit-tiny-llama", "prompt": "x", "max_tokens": 100000000}', 400),
+        (b'{"model": "gpt-4", "prompt": "x"}', 404),
+    ],
+)
+def test_bad_requests_get_4xx_not_500_through_the_proxy(lab_deployment, body, status):
+    response = httpx.post(lab_deployment.url + "/v1/completions", content=body, timeout=30,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == status
+    assert "message" in response.json()["error"]
+
+
+def test_proxy_binds_loopback_only(lab_deployment):
+    assert lab_deployment.url.startswith("http://127.0.0.1:")
+
+
+def test_concurrent_requests_are_batched_by_the_engine(lab_deployment):
+    """Several long requests in flight: one engine reports more than one running request."""
+    body = {"model": lab_deployment.served_model_name, "prompt": "Count:", "max_tokens": 200,
+            "ignore_eos": True, "temperature": 0}
+    seen_running = 0
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(httpx.post, lab_deployment.url + "/v1/completions", json=body, timeout=120)
+                   for _ in range(8)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(f.done() for f in futures):
+            health = httpx.get(lab_deployment.url + "/healthz", timeout=10).json()
+            seen_running = max(seen_running, health["running"])
+            time.sleep(0.05)
+        assert all(f.result().status_code == 200 for f in futures)
+    assert seen_running >= 2
+
+
+def test_engine_and_serve_metrics_are_reachable(lab_deployment):
+    from labkit.serve import fetch_metrics
+
+    lab_deployment.complete("warm the metrics", max_tokens=4)
+    text = "\n".join(fetch_metrics().values())
+    assert "ray_serve_" in text
+    assert "vllm" in text and "num_requests_running" in text
+
+
+def test_gated_coordinator_in_front_of_the_same_replicas(lab_deployment):
+    from labkit.serve import deploy_coordinator, post_json
+
+    url = deploy_coordinator(lab_deployment, max_concurrency=1)
+    body = {"model": lab_deployment.served_model_name, "prompt": "gate", "max_tokens": 32, "ignore_eos": True}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post_json(url + "/v1/completions", body, timeout_s=120), range(4)))
+    waits = sorted(a["labkit"]["timings"]["coordinator_wait_s"] for a in answers)
+    assert waits[-1] > waits[0], f"a single-slot coordinator must make later requests wait: {waits}"
+    assert all(a["labkit"]["replica_id"] for a in answers)
+    stream = httpx.post(url + "/v1/completions", json={**body, "stream": True}, timeout=60)
+    events = [line for line in stream.text.splitlines() if line.startswith("data: {")]
+    assert "coordinator_wait_s" in json.loads(events[-1][6:])["labkit"]["timings"]
