@@ -44,6 +44,8 @@ _LINESTYLES = ("-", "--", "-.", ":")
 _PCT_STYLE = {50: (OKABE_ITO["bluish_green"], "-"), 90: (OKABE_ITO["sky_blue"], (0, (5, 1))),
               95: (OKABE_ITO["orange"], "--"), 99: (OKABE_ITO["vermillion"], "-."),
               99.9: (OKABE_ITO["reddish_purple"], ":")}
+_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
+_OUTSIDE_TWIN = {"loc": "upper left", "bbox_to_anchor": (1.12, 1.0), "borderaxespad": 0.0}
 METRICS = {
     "e2e": "end-to-end latency",
     "e2e_sent": "end-to-end latency from actual send",
@@ -398,8 +400,8 @@ def plot_percentiles_vs_load(
         if knee is not None:
             label = f"knee \u2248 {knee:g} req/s"
             ax.axvline(knee, color="0.3", linestyle=":", linewidth=1.5, label=label)
-            ax.text(knee, 0.97, f" {label}\n ({_label_q(q)} \u2265 {knee_factor:g}x)",
-                    transform=ax.get_xaxis_transform(), fontsize=9, va="top", ha="left", color="0.2")
+            ax.text(knee, 0.03, f" {label}\n ({_label_q(q)} \u2265 {knee_factor:g}x its lowest-load value)",
+                    transform=ax.get_xaxis_transform(), fontsize=9, va="bottom", ha="left", color="0.2")
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("offered load (requests/s)")
@@ -537,7 +539,7 @@ def plot_timeline(
     t0 = min(r.scheduled_s for r in recs) if t0_s is None else t0_s
     cpu = [s for s in samples if s.cpu_percent is not None and s.role != "gpu"]
     fig, axes = _new_figure(3 if cpu else 2, height_ratios=[2, 1.3, 1] if cpu else [2, 1.3],
-                            figsize=(9.0, 7.0 if cpu else 5.5), sharex=True)
+                            figsize=(11.0, 7.0 if cpu else 5.5), sharex=True)
     ax_lat, ax_eng = axes[0], axes[1]
 
     ok = [(r, _metric(r, metric)) for r in recs if r.status == "ok"]
@@ -561,7 +563,8 @@ def plot_timeline(
         ax_lat.axhline(p99 * scale, color=OKABE_ITO["vermillion"], linestyle="-.", linewidth=1.5,
                        label=f"p99 = {_fmt_latency(p99)}")
     ax_lat.set_ylabel(f"{METRICS[metric]} ({unit})")
-    ax_lat.legend(fontsize=8, loc="upper left", ncol=2)
+    ax_lat.set_ylim(bottom=0)
+    ax_lat.legend(fontsize=8, **_OUTSIDE)
     ax_lat.grid(True, alpha=0.3)
 
     ts, ns = _inflight_steps(recs, t0)
@@ -578,6 +581,8 @@ def plot_timeline(
         ax_eng.step([s.t_s - t0 for s in coord], [s.waiting for s in coord], where="post",
                     color=OKABE_ITO["vermillion"], linestyle="--", linewidth=1.6, label="coordinator queue")
     ax_eng.set_ylabel("requests")
+    ax_eng.set_ylim(bottom=0)
+    handles, labels = ax_eng.get_legend_handles_labels()
     gpu = [s for s in samples if s.gpu_util_percent is not None]
     if gpu:
         ax_gpu = ax_eng.twinx()
@@ -587,8 +592,10 @@ def plot_timeline(
                         color=PALETTE[(i + 4) % len(PALETTE)], linewidth=1.2, label=f"{comp} util %")
         ax_gpu.set_ylim(0, 105)
         ax_gpu.set_ylabel("GPU utilization (%)")
-        ax_gpu.legend(fontsize=8, loc="upper right")
-    ax_eng.legend(fontsize=8, loc="upper left", ncol=2)
+        more = ax_gpu.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    # one legend for both y axes, outside the plot so it hides no data
+    (ax_gpu if gpu else ax_eng).legend(handles, labels, fontsize=8, **_OUTSIDE_TWIN if gpu else _OUTSIDE)
     ax_eng.grid(True, alpha=0.3)
 
     if cpu:
@@ -601,7 +608,8 @@ def plot_timeline(
                         linewidth=1.2, label=f"{role} {_short(comp)}")
         ax_cpu.axhline(100, color="0.3", linestyle=":", linewidth=1, label="one core")
         ax_cpu.set_ylabel("CPU (%)")
-        ax_cpu.legend(fontsize=7, loc="upper left", ncol=3)
+        ax_cpu.set_ylim(0, max(105.0, 1.1 * max(float(s.cpu_percent or 0) for s in cpu)))
+        ax_cpu.legend(fontsize=8, **_OUTSIDE)
         ax_cpu.grid(True, alpha=0.3)
     axes[-1].set_xlabel("time since start (s), load generator clock")
     fig.suptitle(title or _title(name, f"{METRICS[metric]} and engine activity over time"))

@@ -71,7 +71,7 @@ def test_histogram_marks_labelled_percentiles(tmp_path, metric, log_x):
     if metric == "e2e":
         p99 = np.percentile([r.done_s - r.scheduled_s for r in recs], 99)
         assert f"p99 = {p99 * 1e3:.0f} ms" in labels
-        assert f" p99 = {p99 * 1e3:.0f} ms" in texts(fig)
+        assert f"p99 = {p99 * 1e3:.0f} ms" in [t.strip() for t in texts(fig)]
     assert ax.get_title().startswith("gated: ")
     assert ax.get_xscale() == ("log" if log_x else "linear")
     assert_saved(fig, tmp_path, f"hist-{metric}")
@@ -108,7 +108,7 @@ def test_cdf_overlays_runs(tmp_path):
     assert legend[1].startswith("distributed: ")
     annotated = [t for t in texts(fig) if t.startswith("p99 = ")]
     assert len(annotated) == 2
-    assert {" p50", " p95", " p99"} <= set(texts(fig))
+    assert {"p50", "p95", "p99"} <= {t.strip() for t in texts(fig)}
     assert "topologies" in ax.get_title()
     assert_saved(fig, tmp_path, "cdf")
     tail_fig = plot_latency_cdf(runs, tail=True, log_x=True)
