@@ -925,7 +925,16 @@ def compact_records(
     rows = [r if isinstance(r, RequestRecord) else RequestRecord.from_dict(dict(r)) for r in records]
     columns: dict[str, list[Any]] = {
         name: []
-        for name in (*_TIME_FIELDS, "status", "warmup", "prompt_tokens", "output_tokens", "node", "replica")
+        for name in (
+            *_TIME_FIELDS,
+            "timeout_s",
+            "status",
+            "warmup",
+            "prompt_tokens",
+            "output_tokens",
+            "node",
+            "replica",
+        )
     }
     nodes: dict[str, int] = {}
     replicas: dict[str, int] = {}
@@ -935,6 +944,8 @@ def compact_records(
         for name in _TIME_FIELDS:
             value = _number(getattr(r, name))
             columns[name].append(None if value is None else round(value - t0, 6))
+        timeout = _number(getattr(r, "timeout_s", None))
+        columns["timeout_s"].append(None if timeout is None else round(timeout, 6))
         columns["status"].append(str(r.status))
         columns["warmup"].append(bool(r.warmup))
         for name in ("prompt_tokens", "output_tokens"):
