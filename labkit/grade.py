@@ -540,104 +540,114 @@ class _Table:
 
 def _table(data: Mapping[str, Any]) -> _Table:
     columns = _dict(_get(data, "samples.requests.columns"))
-    names = (*_TIME_COLUMNS, "status", "warmup", "output_tokens", "node")
+    names = (*_TIME_COLUMNS, "timeout_s", "status", "warmup", "output_tokens", "node")
     lists = {name: _list(columns.get(name)) for name in names}
     lengths = {len(v) for k, v in lists.items() if k in columns}
     n = min(lengths) if lengths else 0
-    cols = {k: [_num(x) for x in v[:n]] if k in _TIME_COLUMNS else v[:n] for k, v in lists.items()}
+    cols = {k: [_num(x) for x in v[:n]] if k.endswith("_s") else v[:n] for k, v in lists.items()}
     for k in names:
         if len(cols[k]) < n or k not in columns:
             cols[k] = [None] * n
     return _Table(cols, n, len(lengths) > 1)
 
 
-_METRICS = {
-    "e2e_s": ("sent_s", "done_s"),
-    "ttft_s": ("sent_s", "first_token_s"),
-    "e2e_intended_s": ("scheduled_s", "done_s"),
-    "ttft_intended_s": ("scheduled_s", "first_token_s"),
-    "send_delay_s": ("scheduled_s", "sent_s"),
-    "decode_s": ("first_token_s", "last_token_s"),
+# The metrics of labkit.stats, recomputed here from a log's columns (seconds).
+_SPANS = {
+    "e2e": ("scheduled_s", "done_s"),
+    "e2e_uncorrected": ("sent_s", "done_s"),
+    "ttft": ("scheduled_s", "first_token_s"),
+    "ttft_uncorrected": ("sent_s", "first_token_s"),
+    "schedule_lag": ("scheduled_s", "sent_s"),
 }
 _ALIASES = {
-    "e2e": "e2e_s",
-    "latency": "e2e_s",
-    "latency_s": "e2e_s",
-    "end_to_end_s": "e2e_s",
-    "e2e_latency_s": "e2e_s",
-    "request_latency_s": "e2e_s",
-    "ttft": "ttft_s",
-    "time_to_first_token_s": "ttft_s",
-    "e2e_from_scheduled_s": "e2e_intended_s",
-    "e2e_scheduled_s": "e2e_intended_s",
-    "ttft_from_scheduled_s": "ttft_intended_s",
-    "ttft_scheduled_s": "ttft_intended_s",
-    "tpot": "tpot_s",
-    "time_per_output_token_s": "tpot_s",
-    "queue_delay_s": "send_delay_s",
+    "e2e_s": "e2e",
+    "latency": "e2e",
+    "latency_s": "e2e",
+    "e2e_uncorrected_s": "e2e_uncorrected",
+    "ttft_s": "ttft",
+    "ttft_uncorrected_s": "ttft_uncorrected",
+    "tpot_s": "tpot",
+    "schedule_lag_s": "schedule_lag",
+    "itl_s": "itl",
 }
 
 
-def _normalize_metric(name: str) -> tuple[str, float]:
+def _normalize_metric(name: str) -> str:
     key = name.strip().lower().replace("-", "_")
-    scale = 1.0
-    if key.endswith("_ms"):
-        key, scale = key[:-3] + "_s", 1e-3
-    return _ALIASES.get(key, key), scale
+    return _ALIASES.get(key, key)
 
 
 def recompute_metric(
     table: _Table | Mapping[str, Any], metric: str, series: Mapping[str, Any] | None = None
 ) -> dict[str, list[float]] | None:
-    """Return a metric's raw values under each plausible request filter.
+    """Return a metric's raw values under each request selection labkit.stats may have used.
+
+    Definitions follow :mod:`labkit.stats`: ``e2e`` / ``ttft`` from the intended send,
+    ``*_uncorrected`` from the actual send, ``tpot`` per request, ``schedule_lag``; a failed
+    request counts as ``max(timeout_s or the slowest success, its measured time)``.
 
     Parameters
     ----------
     table : mapping
         A log (or its parsed sample table).
     metric : str
-        ``e2e_s``, ``ttft_s``, ``e2e_intended_s``, ``ttft_intended_s``, ``send_delay_s``,
-        ``decode_s``, ``tpot_s`` (or an alias, or a name in ``samples.series``).
+        A :data:`labkit.stats.METRICS` name (``_s`` suffixes accepted) or a ``samples.series`` name.
     series : mapping, optional
         The log's ``samples.series``; read from the log when table is a log.
 
     Returns
     -------
     dict or None
-        Filter name (``ok`` = successful non-warmup requests, ``ok_with_warmup``, ``all``) to
-        values, or None when the metric is unknown.
+        Selection name (``ok``: successes; ``with_failures``: failures counted; ``+warmup``
+        variants) to values; None when the metric cannot be recomputed (unknown, or ``itl``
+        whose per-gap samples logs do not carry).
     """
     if not isinstance(table, _Table):
         series = _dict(_get(table, "samples.series")) if series is None else series
         table = _table(table)
     series = series or {}
     if metric in series:
-        values = [v for v in (_num(x) for x in _list(series[metric])) if v is not None]
-        return {"series": values}
-    key, _ = _normalize_metric(metric)
-    c = table.cols
-    if key in _METRICS:
-        start, end = _METRICS[key]
-        per_row = [None if a is None or b is None else b - a for a, b in zip(c[start], c[end], strict=False)]
-    elif key == "tpot_s":
-        per_row = []
-        for first, last, out in zip(c["first_token_s"], c["last_token_s"], c["output_tokens"], strict=False):
-            tokens = _num(out)
-            ok = first is not None and last is not None and tokens is not None and tokens >= 2
-            per_row.append((last - first) / (tokens - 1) if ok else None)
-    else:
+        return {"series": [v for v in (_num(x) for x in _list(series[metric])) if v is not None]}
+    key = _normalize_metric(metric)
+    if key not in _SPANS and key != "tpot":
         return None
-    status = [s if isinstance(s, str) else "" for s in c["status"]]
-    warm = [w is True for w in c["warmup"]]
-    filters = {
-        "ok": [s == "ok" and not w for s, w in zip(status, warm, strict=False)],
-        "ok_with_warmup": [s == "ok" for s in status],
-        "all": [True] * table.n,
-    }
-    return {
-        name: [v for v, keep in zip(per_row, mask, strict=False) if keep and v is not None]
-        for name, mask in filters.items()
-    }
+    c, n = table.cols, table.n
+    ok = [s == "ok" for s in c["status"]]
+    out: dict[str, list[float]] = {}
+    for with_warmup in (False, True):
+        rows = [i for i in range(n) if with_warmup or c["warmup"][i] is not True]
+        tag = "+warmup" if with_warmup else ""
+        if key == "tpot":
+            values = []
+            for i in rows:
+                first, last, tokens = c["first_token_s"][i], c["last_token_s"][i], _num(c["output_tokens"][i])
+                if ok[i] and first is not None and last is not None and tokens is not None and tokens >= 2:
+                    values.append((last - first) / (tokens - 1))
+            out["ok" + tag] = values
+            continue
+        start, end = (c[k] for k in _SPANS[key])
+        good = [end[i] - start[i] for i in rows if ok[i] and start[i] is not None and end[i] is not None]
+        out["ok" + tag] = good
+        if key == "schedule_lag":
+            out["all" + tag] = [
+                end[i] - start[i] for i in rows if start[i] is not None and end[i] is not None
+            ]
+            continue
+        if key.startswith("ttft") and not good:
+            out["with_failures" + tag] = []
+            continue
+        worst = max(good) if good else None
+        base = c[_SPANS[key][0]]
+        values = list(good)
+        for i in rows:
+            if ok[i] or c["done_s"][i] is None or base[i] is None:
+                continue
+            measured = c["done_s"][i] - base[i]
+            floor = _num(c["timeout_s"][i])
+            floor = worst if floor is None else floor
+            values.append(measured if floor is None else max(floor, measured))
+        out["with_failures" + tag] = values
+    return out
 
 
 _PCT_KEY = re.compile(r"^[pP]?[0-9]+(?:[._][0-9]+)?(?:_s|_ms)?$", re.ASCII)
@@ -654,36 +664,45 @@ def _percentile_key(key: str) -> float | None:
     return q if 0 <= q <= 100 else None
 
 
-def _extract_percentiles(summary: Mapping[str, Any]) -> dict[float, float]:
-    unit = str(summary.get("unit", "s")).lower()
-    scale = 1e-3 if unit in ("ms", "millisecond", "milliseconds") else 1.0
-    sources: list[Mapping[str, Any]] = [summary]
-    nested = summary.get("percentiles")
-    if isinstance(nested, dict):
-        numeric = [k for k in nested if _DECIMAL.match(k)]
-        if numeric and all(float(k) <= 1 for k in numeric) and any("." in k for k in numeric):
-            nested = {str(float(k) * 100): v for k, v in nested.items() if k in numeric}
-        sources.append(nested)
-    elif isinstance(nested, list):
-        sources.append(
-            {
-                str(item.get("q", item.get("percentile"))): item.get("value")
-                for item in nested
-                if isinstance(item, dict)
-            }
-        )
+def _read_percentiles(source: Any, scale: float) -> dict[float, float]:
+    """``{"p50": v, "p99.9": v}`` (or ``{"50": v}``, fractions, ``[{"q", "value"}]``) -> {q: seconds}."""
+    if isinstance(source, list):
+        source = {
+            str(item.get("q", item.get("percentile"))): item.get("value")
+            for item in source
+            if isinstance(item, dict)
+        }
+    if not isinstance(source, dict):
+        return {}
+    numeric = [k for k in source if _DECIMAL.match(k)]
+    fractions = bool(numeric) and all(float(k) <= 1 for k in numeric) and any("." in k for k in numeric)
     out: dict[float, float] = {}
-    for source in sources:
-        for key, value in source.items():
-            if key == "percentiles" or not _PCT_KEY.match(key):
-                continue
-            q = _percentile_key(key.removesuffix("_ms"))
-            if isinstance(value, dict):
-                value = value.get("value", value.get("estimate"))
-            v = _num(value)
-            if q is not None and v is not None:
-                out[q] = v * scale * (1e-3 if key.lower().endswith("_ms") else 1.0)
+    for key, value in source.items():
+        q = float(key) * 100 if fractions and key in numeric else _percentile_key(key)
+        if isinstance(value, dict):
+            value = value.get("value", value.get("estimate"))
+        v = _num(value)
+        if q is not None and v is not None:
+            out[q] = v * scale * (1e-3 if key.lower().endswith("_ms") else 1.0)
     return out
+
+
+def _iter_summaries(
+    summaries: Mapping[str, Any], prefix: str = "", depth: int = 0
+) -> Iterable[tuple[str, dict]]:
+    """Yield (name, summary) for every latency summary, also inside a RunSummary's ``metrics``."""
+    for name, value in summaries.items():
+        if not isinstance(value, dict):
+            continue
+        path = f"{prefix}{name}"
+        if (
+            isinstance(value.get("metric"), str)
+            or "percentiles" in value
+            or (depth == 0 and _read_percentiles(value, 1))
+        ):
+            yield path, value
+        elif depth < 2:
+            yield from _iter_summaries(value, path + ".", depth + 1)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -692,60 +711,74 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
+def _matches(reported: Mapping[float, float], values: Sequence[float], tol: Mapping[str, float]) -> dict:
+    """Return the reported percentiles that the values do not reproduce."""
+    diffs = {}
+    for q, value in sorted(reported.items()):
+        again = _percentile(values, q) if values else None
+        if again is None or abs(value - again) > tol["percentile_abs_s"] + tol["percentile_rel"] * abs(again):
+            diffs[f"p{q:g}"] = {"reported": value, "recomputed": again}
+    return diffs
+
+
 def _check_summaries(data: Mapping[str, Any], table: _Table, rubric: Rubric, file: str) -> list[Finding]:
     tol = rubric["tolerances"]
     series = _dict(_get(data, "samples.series"))
     findings = []
-    for name, summary in _dict(_get(data, "outputs.summaries")).items():
-        if not isinstance(summary, dict):
+    for name, summary in _iter_summaries(_dict(_get(data, "outputs.summaries"))):
+        unit = str(summary.get("unit", "s")).lower()
+        scale = 1e-3 if unit in ("ms", "millisecond", "milliseconds") else 1.0
+        top = {k: v for k, v in summary.items() if k not in ("percentiles", "ok_percentiles")}
+        groups = {
+            "percentiles": {
+                **_read_percentiles(top, scale),
+                **_read_percentiles(summary.get("percentiles"), scale),
+            },
+            "ok_percentiles": _read_percentiles(summary.get("ok_percentiles"), scale),
+        }
+        groups = {k: v for k, v in groups.items() if v}
+        if not groups:
             continue
-        reported = _extract_percentiles(summary)
-        if not reported:
-            continue
-        metric = summary.get("metric") if isinstance(summary.get("metric"), str) else name
+        metric = summary.get("metric") if isinstance(summary.get("metric"), str) else name.rsplit(".", 1)[-1]
         candidates = recompute_metric(table, metric, series)
         if candidates is None:
             findings.append(
                 Finding(
                     "summary_unverifiable",
-                    f"Summary '{name[:80]}': metric {metric[:80]!r} is "
-                    "not one the grader can recompute from the raw samples.",
+                    f"Summary '{name[:80]}': metric {metric[:80]!r} cannot be recomputed from the raw "
+                    "samples.",
                     file,
                 )
             )
             continue
-        count = _num(summary.get("count"))
-        worst: dict[str, Any] = {}
-        matched = counted = False
-        for filt, values in candidates.items():
-            diffs = {}
-            for q, value in sorted(reported.items()):
-                again = _percentile(values, q) if values else math.nan
-                if not abs(value - again) <= tol["percentile_abs_s"] + tol["percentile_rel"] * abs(again):
-                    diffs[f"p{q:g}"] = {"reported": value, "recomputed": None if math.isnan(again) else again}
-            if not diffs:
-                matched = True
-                counted = counted or count is None or int(count) == len(values)
-            elif not worst:
-                worst = {"filter": filt, "samples": len(values), "differences": diffs}
-        if not matched:
-            first = next(iter(worst["differences"].items()))
+        matched_sizes: set[int] = set()
+        for group, reported in groups.items():
+            misses = {sel: _matches(reported, vals, tol) for sel, vals in candidates.items()}
+            fits = [sel for sel, diffs in misses.items() if not diffs]
+            if group == "percentiles":
+                matched_sizes = {len(candidates[sel]) for sel in fits}
+            if fits:
+                continue
+            sel = "ok" if group == "ok_percentiles" or "with_failures" not in misses else "with_failures"
+            sel = sel if sel in misses else next(iter(misses))
+            label, diff = next(iter(misses[sel].items()))
             findings.append(
                 Finding(
                     "percentile_mismatch",
-                    f"Summary '{name[:80]}' ({metric[:40]}): {first[0]} reported "
-                    f"{first[1]['reported']!r}, the "
-                    f"{worst['samples']} raw samples give {first[1]['recomputed']!r}.",
+                    f"Summary '{name[:80]}' ({metric[:40]}): {group} {label} reported "
+                    f"{diff['reported']!r}, the "
+                    f"{len(candidates[sel])} raw samples give {diff['recomputed']!r}.",
                     file,
-                    worst,
+                    {"summary": name, "group": group, "selection": sel, "differences": misses[sel]},
                 )
             )
-        elif not counted:
+        count = _num(summary.get("count"))
+        if count is not None and matched_sizes and int(count) not in matched_sizes:
             findings.append(
                 Finding(
                     "count_mismatch",
-                    f"Summary '{name[:80]}' says count={count:g}, which no "
-                    "filter of the raw samples reproduces.",
+                    f"Summary '{name[:80]}' says count={count:g}; its percentiles fit "
+                    f"{sorted(matched_sizes)} raw samples.",
                     file,
                     {"count": count},
                 )
@@ -951,12 +984,12 @@ def _check_completeness(
             )
         )
     have = set()
-    for name, summary in _dict(_get(data, "outputs.summaries")).items():
-        have.add(_normalize_metric(name)[0])
+    for name, summary in _iter_summaries(_dict(_get(data, "outputs.summaries"))):
+        have.add(_normalize_metric(name.rsplit(".", 1)[-1]))
         metric = _get(summary, "metric")
         if isinstance(metric, str):
-            have.add(_normalize_metric(metric)[0])
-    absent = [s for s in rule.get("required_summaries", []) if _normalize_metric(s)[0] not in have]
+            have.add(_normalize_metric(metric))
+    absent = [s for s in rule.get("required_summaries", []) if _normalize_metric(s) not in have]
     if absent:
         findings.append(Finding("missing_summaries", f"Required summaries absent: {absent}.", file))
     else:
