@@ -205,6 +205,8 @@ def redact(data: Any, *, environ: Mapping[str, str] | None = None) -> tuple[Any,
             for key, item in value.items():
                 new_key = _redact_string(str(key), secrets)
                 sub = f"{path}.{new_key}" if path else new_key
+                if new_key != key:
+                    changed.append(sub)
                 if is_secret_name(str(key)) and item is not None:
                     out[new_key] = REDACTED
                     changed.append(sub)
@@ -719,36 +721,42 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _first_number(*values: Any) -> float | None:
+    return next((v for v in map(_number, values) if v is not None), None)
+
+
 def _normalize_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """One node from ray.nodes() (NodeID, Resources ...) or labkit's NodeInfo.to_dict()."""
     resources = dict(node.get("resources") or node.get("Resources") or {})
     is_head = node.get("is_head", node.get("IsHead"))
     if is_head is None:
         is_head = "node:__internal_head__" in resources
     known = {
-        "CPU": _number(resources.pop("CPU", 0)) or 0.0,
-        "GPU": _number(resources.pop("GPU", 0)) or 0.0,
-        "memory_bytes": _number(resources.pop("memory_bytes", resources.pop("memory", None))),
-        "object_store_memory_bytes": _number(
-            resources.pop(
-                "object_store_memory_bytes",
-                resources.pop("object_store_memory", resources.pop("object_store", None)),
-            )
+        "CPU": _first_number(node.get("cpus"), resources.get("CPU")) or 0.0,
+        "GPU": _first_number(node.get("gpus"), resources.get("GPU")) or 0.0,
+        "memory_bytes": _first_number(node.get("memory_bytes"), resources.get("memory")),
+        "object_store_memory_bytes": _first_number(
+            node.get("object_store_bytes"), resources.get("object_store_memory")
         ),
     }
     # "node:<ip>" resources name machines by address: topology does not need them.
+    skip = {"CPU", "GPU", "memory", "object_store_memory"}
     custom = {
         str(k): float(v)
         for k, v in resources.items()
-        if not str(k).startswith("node:") and _number(v) is not None
+        if k not in skip and not str(k).startswith("node:") and _number(v) is not None
     }
     labels = node.get("labels") or node.get("Labels") or {}
-    return {
+    out = {
         "node_id": str(node.get("node_id") or node.get("NodeID") or ""),
         "is_head": bool(is_head),
         "alive": bool(node.get("alive", node.get("Alive", True))),
         "resources": {**known, "custom": custom},
         "labels": {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {},
     }
+    if isinstance(node.get("name"), str):
+        out["name"] = node["name"]
+    return out
 
 
 def describe_cluster(cluster: Any = None) -> dict[str, Any]:
@@ -777,10 +785,15 @@ def describe_cluster(cluster: Any = None) -> dict[str, Any]:
             return {"source": "none", "node_count": 0, "nodes": []}
         source, nodes = "ray", ray.nodes()
     elif callable(getattr(cluster, "describe", None)):
-        source, described = "describe", cluster.describe()
-        nodes = described.get("nodes", []) if isinstance(described, Mapping) else described
+        return describe_cluster(cluster.describe()) | {"source": "describe"}
     elif isinstance(cluster, Mapping):
         source, nodes = "dict", cluster.get("nodes", [])
+        # Scalar facts beside the nodes (embedded, config ...); addresses name machines: left out.
+        details = {
+            str(k): v
+            for k, v in cluster.items()
+            if k != "nodes" and "address" not in str(k).lower() and "url" not in str(k).lower()
+        }
     elif isinstance(cluster, (list, tuple)):
         source, nodes = "dict", cluster
     else:
@@ -791,7 +804,10 @@ def describe_cluster(cluster: Any = None) -> dict[str, Any]:
         raise ConfigError(msg, field="cluster", value=type(cluster).__name__)
     normalized = [_normalize_node(n) for n in nodes if isinstance(n, Mapping)]
     normalized = _jsonable(normalized, "cluster.nodes")
-    return {"source": source, "node_count": sum(n["alive"] for n in normalized), "nodes": normalized}
+    out = {"source": source, "node_count": sum(n["alive"] for n in normalized), "nodes": normalized}
+    if isinstance(cluster, Mapping) and details:
+        out["details"] = _jsonable(details, "cluster.details")
+    return out
 
 
 def _display_path(path: Path) -> str:
@@ -1109,7 +1125,9 @@ def build_log(
         If the result does not match the schema or exceeds ``MAX_LOG_BYTES``.
     """
     exercise = _check_name(name, "name")
-    learner = _check_name(learner_id or os.environ.get("LABKIT_LEARNER_ID") or "anonymous", "learner_id")
+    if learner_id is None:
+        learner_id = os.environ.get("LABKIT_LEARNER_ID") or "anonymous"
+    learner = _check_name(learner_id, "learner_id")
     finished = _parse_time(finished_at if finished_at is not None else time.time(), "finished_at")
     started = _parse_time(started_at if started_at is not None else _process_start(), "started_at")
     cluster_info = describe_cluster(cluster)
