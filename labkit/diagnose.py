@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkit import stats
 from labkit.errors import ConfigError
 from labkit.load import RequestRecord
 from labkit.telemetry import TelemetrySample
@@ -210,7 +211,7 @@ class Diagnosis:
 
 
 # ---------------------------------------------------------------------------------------------
-# Numbers from records (private until labkit.stats provides them)
+# Numbers from records (definitions from labkit.stats)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -219,23 +220,17 @@ def _as_records(records: Any) -> list[RequestRecord]:
     return [r if isinstance(r, RequestRecord) else RequestRecord.from_dict(r) for r in items]
 
 
-def _e2e(r: RequestRecord) -> float:
-    return r.done_s - r.scheduled_s
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
-def _ttft(r: RequestRecord) -> float | None:
-    return None if r.first_token_s is None else r.first_token_s - r.scheduled_s
-
-
-def _pct(values: Sequence[float], q: float) -> float | None:
-    # numpy for percentiles; imported here so that import labkit stays light.
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+def _pcts(values: Sequence[float], qs: Sequence[float]) -> dict[float, float | None]:
+    got = stats.percentiles(values, qs)
+    return {q: _finite(got[stats.percentile_label(q)]) for q in qs}
 
 
 def _median(values: Sequence[float]) -> float | None:
-    return _pct(values, 50)
+    return _pcts(values, (50,))[50]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -257,20 +252,8 @@ def _pre_engine(r: RequestRecord) -> float | None:
     return s.get("coordinator_wait_s")
 
 
-def _shares(records: Iterable[RequestRecord], key: str, pad: Iterable[str] = ()) -> dict[str, float]:
-    counts: dict[str, int] = dict.fromkeys(pad, 0)
-    for r in records:
-        ident = getattr(r, key)
-        if ident is not None:
-            counts[ident] = counts.get(ident, 0) + 1
-    total = sum(counts.values())
-    return {k: v / total for k, v in sorted(counts.items())} if total else {}
-
-
 def _jain(shares: Mapping[str, float]) -> float | None:
-    x = list(shares.values())
-    sq = sum(v * v for v in x)
-    return (sum(x) ** 2) / (len(x) * sq) if x and sq > 0 else None
+    return _finite(stats.load_balance_index(shares)) if shares else None
 
 
 def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -384,27 +367,28 @@ def diagnose(
 
 def _collect_shares(ok: list[RequestRecord], samples: list[TelemetrySample],
                     expected_replicas: int | None) -> dict[str, dict[str, float]]:
-    seen = {r.replica_id for r in ok if r.replica_id is not None}
+    """Shares per replica and node; replicas known to exist but idle get a share of 0."""
+    replica = stats.share_by(ok, "replica_id", include_warmup=True)
     tel_replicas = {s.component_id for s in samples if s.role == "replica"}
-    pad = tel_replicas if tel_replicas & seen else set()  # only when the ids clearly match
-    replica = _shares(ok, "replica_id", pad)
+    if tel_replicas & set(replica):  # pad from telemetry only when the ids clearly match
+        replica = {**dict.fromkeys(sorted(tel_replicas), 0.0), **replica}
     if expected_replicas is not None and replica and len(replica) < expected_replicas:
         missing = expected_replicas - len(replica)
-        idle = {f"(idle replica {i + 1})" for i in range(missing)}
-        replica = _shares(ok, "replica_id", set(replica) | idle)
-    return {"replica_id": replica, "node_id": _shares(ok, "node_id")}
+        replica.update({f"(idle replica {i + 1})": 0.0 for i in range(missing)})
+    return {"replica_id": dict(sorted(replica.items())),
+            "node_id": stats.share_by(ok, "node_id", include_warmup=True)}
 
 
 def _latency_evidence(ok: list[RequestRecord], ev: dict[str, float | None], notes: list[str],
                       th: Thresholds) -> None:
-    e2e = [_e2e(r) for r in ok]
-    ttft = [v for v in (_ttft(r) for r in ok) if v is not None]
-    for metric, values in (("e2e", e2e), ("ttft", ttft)):
+    for metric in ("e2e", "ttft"):
+        values = stats.latency_values(ok, metric, include_failures=False, include_warmup=True)
+        pct = _pcts(values, (50, 95, 99))
         for q in (50, 95, 99):
-            ev[f"{metric}_p{q}_s"] = _pct(values, q)
+            ev[f"{metric}_p{q}_s"] = pct[q]
         ev[f"{metric}_p99_p50_ratio"] = _ratio(ev[f"{metric}_p99_s"], ev[f"{metric}_p50_s"])
-    lag = [r.sent_s - r.scheduled_s for r in ok]
-    ev["send_lag_p99_s"] = _pct(lag, 99)
+    lag = stats.latency_values(ok, "schedule_lag", include_warmup=True)
+    ev["send_lag_p99_s"] = _pcts(lag, (99,))[99]
     if ev["send_lag_p99_s"] is not None and ev["send_lag_p99_s"] > th.max_send_lag_s:
         notes.append(f"The load generator sent late (p99 lag {ev['send_lag_p99_s'] * 1e3:.0f} ms > "
                      f"max_send_lag_s = {th.max_send_lag_s * 1e3:.0f} ms): it was itself short of CPU, "
@@ -418,10 +402,14 @@ def _tail_evidence(ok: list[RequestRecord], ev: dict[str, float | None]) -> list
     p95 = ev.get("e2e_p95_s")
     if p95 is None:
         return []
-    tail = [r for r in ok if _e2e(r) > p95] or [max(ok, key=_e2e)]
+    # every successful request has an e2e value, so this list lines up with ``ok``
+    e2e = dict(zip(map(id, ok), stats.latency_values(ok, "e2e", include_failures=False,
+                                                     include_warmup=True), strict=True))
+    tail = [r for r in ok if e2e[id(r)] > p95] or [max(ok, key=lambda r: e2e[id(r)])]
     ev["n_tail"] = float(len(tail))
     med = ev["e2e_p50_s"] or 0.0
-    excess = (_mean([_e2e(r) for r in tail]) or 0.0) - med
+    tail_e2e_sum = sum(e2e[id(r)] for r in tail)
+    excess = tail_e2e_sum / len(tail) - med
     ev["tail_excess_s"] = excess
     timed = [r for r in ok if _pre_engine(r) is not None or r.server.get("engine_total_s") is not None]
     ev["server_timed_fraction"] = len(timed) / len(ok)
@@ -432,7 +420,6 @@ def _tail_evidence(ok: list[RequestRecord], ev: dict[str, float | None]) -> list
         "engine": lambda r: r.server.get("engine_total_s"),
         "send_lag": lambda r: r.sent_s - r.scheduled_s,
     }
-    tail_e2e_sum = sum(_e2e(r) for r in tail)
     for comp, get in components.items():
         all_v = [v for v in (get(r) for r in ok) if v is not None]
         tail_v = [v for v in (get(r) for r in tail) if v is not None]

@@ -18,12 +18,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from labkit import stats
 from labkit.errors import ConfigError
 from labkit.load import RequestRecord
 from labkit.telemetry import TelemetrySample
 
 __all__ = [
-    "METRICS",
+    "METRIC_LABELS",
     "OKABE_ITO",
     "PALETTE",
     "plot_latency_cdf",
@@ -44,19 +45,22 @@ _LINESTYLES = ("-", "--", "-.", ":")
 _PCT_STYLE = {50: (OKABE_ITO["bluish_green"], "-"), 90: (OKABE_ITO["sky_blue"], (0, (5, 1))),
               95: (OKABE_ITO["orange"], "--"), 99: (OKABE_ITO["vermillion"], "-."),
               99.9: (OKABE_ITO["reddish_purple"], ":")}
+_PENALIZED = ("e2e", "e2e_uncorrected", "ttft", "ttft_uncorrected")  # one sample per request
 _OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
 _OUTSIDE_TWIN = {"loc": "upper left", "bbox_to_anchor": (1.12, 1.0), "borderaxespad": 0.0}
-METRICS = {
+METRIC_LABELS = {
     "e2e": "end-to-end latency",
-    "e2e_sent": "end-to-end latency from actual send",
+    "e2e_uncorrected": "end-to-end latency from actual send",
     "ttft": "time to first token",
-    "ttft_sent": "time to first token from actual send",
+    "ttft_uncorrected": "time to first token from actual send",
+    "itl": "inter-token latency",
     "tpot": "time per output token",
+    "schedule_lag": "send lag (actual - intended send)",
 }
 
 
 # ---------------------------------------------------------------------------------------------
-# computing what is drawn
+# computing what is drawn (definitions from labkit.stats)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -65,46 +69,28 @@ def _records(data: Any) -> list[RequestRecord]:
     return [r if isinstance(r, RequestRecord) else RequestRecord.from_dict(r) for r in items]
 
 
-def _ok(records: Sequence[RequestRecord]) -> list[RequestRecord]:
-    return [r for r in records if r.status == "ok" and not r.warmup]
+def _label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
 
 
-def _metric(r: RequestRecord, metric: str) -> float | None:
-    if metric == "e2e":
-        return r.done_s - r.scheduled_s
-    if metric == "e2e_sent":
-        return r.done_s - r.sent_s
-    if metric in ("ttft", "ttft_sent") and r.first_token_s is not None:
-        return r.first_token_s - (r.scheduled_s if metric == "ttft" else r.sent_s)
-    tokens = r.output_tokens or 0
-    if metric == "tpot" and r.first_token_s is not None and r.last_token_s is not None and tokens > 1:
-        return (r.last_token_s - r.first_token_s) / (tokens - 1)
-    return None
-
-
-def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        msg = f"Unknown latency metric {metric!r}. Allowed: {sorted(METRICS)}."
-        raise ConfigError(msg, field="metric", value=metric)
-
-
-def _values(data: Any, metric: str, name: str = "") -> list[float]:
-    _check_metric(metric)
-    values = [v for v in (_metric(r, metric) for r in _ok(_records(data))) if v is not None]
+def _values(data: Any, metric: str, name: str = "", include_failures: bool = True) -> list[float]:
+    """Samples of a metric as labkit.stats defines them (warm-up left out)."""
+    values = stats.latency_values(_records(data), metric, include_failures=include_failures)
     if not values:
         who = f" of {name!r}" if name else ""
-        msg = (f"No successful requests{who} have a {metric!r} value to plot. Check that the run "
-               f"produced records with status 'ok' (and first-token times for TTFT).")
-        raise ConfigError(msg, field="records", value=len(values))
+        msg = (f"No requests{who} have a {metric!r} value to plot. Check that the run produced "
+               f"records with status 'ok' (and first-token times for TTFT).")
+        raise ConfigError(msg, field="records", value=0)
     return values
 
 
 def _percentiles(values: Sequence[float], qs: Sequence[float]) -> dict[float, float]:
-    # numpy for percentiles; imported here so that import labkit stays light.
-    import numpy as np
+    got = stats.percentiles(values, qs)
+    return {q: got[stats.percentile_label(q)] for q in qs}
 
-    arr = np.asarray(values, dtype=float)
-    return {q: float(np.percentile(arr, q)) for q in qs}
+
+def _n_failed(data: Any) -> int:
+    return sum(1 for r in _records(data) if r.status != "ok" and not r.warmup)
 
 
 def _unit(seconds: float) -> tuple[str, float]:
@@ -120,7 +106,7 @@ def _fmt_latency(seconds: float) -> str:
 
 
 def _label_q(q: float) -> str:
-    return f"p{q:g}"
+    return stats.percentile_label(q)
 
 
 def _short(ident: str, width: int = 10) -> str:
@@ -156,15 +142,16 @@ def plot_latency_histogram(
     log_x: bool = False,
     bins: int = 40,
     percentiles: Sequence[float] = (50, 95, 99),
+    include_failures: bool = True,
 ) -> Any:
     """Draw a latency histogram with p50 / p95 / p99 lines labelled with their values.
 
     Parameters
     ----------
     records : list of RequestRecord, or a LoadResult
-        Successful, non-warm-up requests are drawn.
+        The run's records; warm-up requests are left out.
     metric : str
-        One of :data:`METRICS` ("e2e", "ttft", ...).
+        A :data:`labkit.stats.METRICS` name ("e2e", "ttft", "tpot", "itl", ...).
     name : str
         Configuration name, used in the title.
     title : str, optional
@@ -175,6 +162,9 @@ def plot_latency_histogram(
         Number of bins.
     percentiles : sequence of float
         Percentiles to draw as labelled vertical lines.
+    include_failures : bool
+        Count failed requests as :mod:`labkit.stats` does (at their time-out), so the lines
+        match ``summarize_latencies``; False draws successful requests only.
 
     Returns
     -------
@@ -189,21 +179,20 @@ def plot_latency_histogram(
     if bins < 1:
         msg = f"bins={bins!r} must be at least 1 (e.g. 40)."
         raise ConfigError(msg, field="bins", value=bins)
-    values = _values(records, metric, name)
-    import numpy as np
-
+    values = _values(records, metric, name, include_failures)
+    failed = _n_failed(records) if include_failures and metric in _PENALIZED else 0
     pct = _percentiles(values, percentiles)
     unit, scale = _unit(max(values))
-    xs = np.asarray(values) * scale
+    xs = [v * scale for v in values]
+    edges = stats.histogram_bins(xs, bins=bins, log=log_x)
     fig, (ax,) = _new_figure()
     if log_x:
-        lo = max(float(xs.min()), 1e-6 * scale)
-        edges = np.geomspace(lo, max(float(xs.max()), lo * 1.01), bins + 1)
         ax.set_xscale("log")
-    else:
-        edges = bins
+    what = f"{len(values)} requests" if metric in _PENALIZED else f"{len(values)} samples"
+    if failed:
+        what += f" ({failed} failed, at their time-out)"
     counts, _, _ = ax.hist(xs, bins=edges, color=PALETTE[0], alpha=0.85, edgecolor="white",
-                           linewidth=0.5, label=f"{len(values)} requests")
+                           linewidth=0.5, label=what)
     ax.set_ylim(0, max(counts) * (1.1 + 0.1 * len(pct)))  # head room for the labels
     lo, hi = ax.get_xlim()
     for i, (q, v) in enumerate(pct.items()):
@@ -216,9 +205,9 @@ def plot_latency_histogram(
         ax.text(x, 0.98 - 0.08 * i, f" {label} " if right else f" {label}",
                 transform=ax.get_xaxis_transform(), color=color, fontsize=9,
                 ha="right" if right else "left", va="top", fontweight="bold")
-    ax.set_xlabel(f"{METRICS[metric]} ({unit})" + (", log scale" if log_x else ""))
-    ax.set_ylabel("requests")
-    ax.set_title(title or _title(name, f"{METRICS[metric]} (n={len(values)})"))
+    ax.set_xlabel(f"{_label(metric)} ({unit})" + (", log scale" if log_x else ""))
+    ax.set_ylabel("requests" if metric in _PENALIZED else "samples")
+    ax.set_title(title or _title(name, f"{_label(metric)} (n={len(values)})"))
     ax.legend(loc="center right", fontsize=9)
     return fig
 
@@ -232,6 +221,7 @@ def plot_latency_cdf(
     log_x: bool = False,
     tail: bool = False,
     percentiles: Sequence[float] = (50, 95, 99),
+    include_failures: bool = True,
 ) -> Any:
     """Overlay the latency CDFs of several runs on one axis.
 
@@ -240,7 +230,7 @@ def plot_latency_cdf(
     runs : mapping of configuration name to records (or LoadResult), or one record list
         Each run is one curve, labelled with its name and its p50 and p99.
     metric : str
-        One of :data:`METRICS`.
+        A :data:`labkit.stats.METRICS` name.
     name : str
         What is compared, used in the title.
     title : str, optional
@@ -251,6 +241,8 @@ def plot_latency_cdf(
         Plot the exceedance ``1 - CDF`` on a log y axis, which spreads out the tail.
     percentiles : sequence of float
         Percentile levels drawn as horizontal guides and marked on every curve.
+    include_failures : bool
+        Count failed requests at their time-out, as :mod:`labkit.stats` does.
 
     Returns
     -------
@@ -269,7 +261,8 @@ def plot_latency_cdf(
         raise ConfigError(msg, field="runs", value=runs)
     import numpy as np
 
-    data = {run: np.sort(np.asarray(_values(recs, metric, run))) for run, recs in runs.items()}
+    data = {run: np.sort(np.asarray(_values(recs, metric, run, include_failures)))
+            for run, recs in runs.items()}
     unit, scale = _unit(max(float(v[-1]) for v in data.values()))
     fig, (ax,) = _new_figure()
     for q in percentiles:
@@ -312,8 +305,8 @@ def plot_latency_cdf(
     else:
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("fraction of requests (CDF)")
-    ax.set_xlabel(f"{METRICS[metric]} ({unit})")
-    ax.set_title(title or _title(name, f"{METRICS[metric]} CDF, {len(data)} run(s)"))
+    ax.set_xlabel(f"{_label(metric)} ({unit})")
+    ax.set_title(title or _title(name, f"{_label(metric)} CDF, {len(data)} run(s)"))
     ax.legend(loc="lower right" if not tail else "upper right", fontsize=9)
     ax.grid(True, alpha=0.3)
     return fig
@@ -328,7 +321,9 @@ def _load_points(results: Any) -> list[tuple[float, Any]]:
             if isinstance(item, tuple) and len(item) == 2:
                 points.append((float(item[0]), item[1]))
                 continue
-            rate = getattr(getattr(item, "config", None), "rate_rps", None)
+            rate = getattr(item, "offered_rate_rps", None)
+            if rate is None:
+                rate = getattr(getattr(item, "config", None), "rate_rps", None)
             if rate is None:
                 msg = (f"Cannot tell the offered load of {type(item).__name__}: it has no "
                        f"config.rate_rps. Pass {{rate_rps: records}} or (rate_rps, records) pairs.")
@@ -349,6 +344,7 @@ def plot_percentiles_vs_load(
     percentiles: Sequence[float] = (50, 95, 99),
     knee_factor: float = 2.0,
     log_y: bool = False,
+    include_failures: bool = True,
 ) -> Any:
     """Plot p50 / p95 / p99 against offered load for a sweep, and mark the knee.
 
@@ -358,9 +354,9 @@ def plot_percentiles_vs_load(
     Parameters
     ----------
     results : mapping of rate (req/s) to records, sequence of (rate, records), or LoadResults
-        LoadResult objects give their rate through ``config.rate_rps``.
+        LoadResult objects give their rate through ``offered_rate_rps`` (or ``config.rate_rps``).
     metric : str
-        One of :data:`METRICS`.
+        A :data:`labkit.stats.METRICS` name.
     name : str
         Configuration name, used in the title.
     title : str, optional
@@ -371,6 +367,8 @@ def plot_percentiles_vs_load(
         Growth of the highest percentile over its lowest-load value that marks the knee.
     log_y : bool
         Logarithmic y axis.
+    include_failures : bool
+        Count failed requests at their time-out, as :mod:`labkit.stats` does.
 
     Returns
     -------
@@ -384,7 +382,8 @@ def plot_percentiles_vs_load(
     """
     points = _load_points(results)
     rates = [r for r, _ in points]
-    table = [_percentiles(_values(recs, metric, f"{rate:g} req/s"), percentiles) for rate, recs in points]
+    table = [_percentiles(_values(recs, metric, f"{rate:g} req/s", include_failures), percentiles)
+             for rate, recs in points]
     top_s = max(max(row.values()) for row in table)
     unit, scale = _unit(top_s)
     fig, (ax,) = _new_figure()
@@ -405,8 +404,8 @@ def plot_percentiles_vs_load(
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("offered load (requests/s)")
-    ax.set_ylabel(f"{METRICS[metric]} ({unit})")
-    ax.set_title(title or _title(name, f"{METRICS[metric]} percentiles vs offered load"))
+    ax.set_ylabel(f"{_label(metric)} ({unit})")
+    ax.set_title(title or _title(name, f"{_label(metric)} percentiles vs offered load"))
     ax.legend(fontsize=9)
     ax.grid(True, alpha=0.3)
     return fig
@@ -449,7 +448,7 @@ def plot_request_share(
         if key not in allowed:
             msg = f"Cannot share requests by {key!r}. Allowed: {list(allowed)}."
             raise ConfigError(msg, field="by", value=key)
-    ok = _ok(_records(records))
+    ok = [r for r in _records(records) if r.status == "ok" and not r.warmup]
     fig, axes = _new_figure(len(keys), figsize=(8.0, 3.2 * len(keys)))
     for ax, key in zip(axes, keys, strict=True):
         counts: dict[str, int] = {}
@@ -511,7 +510,7 @@ def plot_timeline(
         CPU in a third panel when sampled. Without it the lower panel shows the requests in
         flight as the client saw them.
     metric : str
-        One of :data:`METRICS`.
+        A per-request :data:`labkit.stats.METRICS` name (not "itl").
     name : str
         Configuration name, used in the title.
     title : str, optional
@@ -522,14 +521,18 @@ def plot_timeline(
     Returns
     -------
     matplotlib.figure.Figure
-        Two or three axes sharing the time axis; the top one has a "p99 = ..." line.
+        Two or three axes sharing the time axis; the top one has a "p99 = ..." line (failures
+        counted as :mod:`labkit.stats` counts them).
 
     Raises
     ------
     ConfigError
-        Unknown metric, or no records.
+        Unknown or per-token metric, or no records.
     """
-    _check_metric(metric)
+    if metric == "itl" or metric not in stats.METRICS:
+        allowed = [m for m in stats.METRICS if m != "itl"]
+        msg = f"plot_timeline cannot draw metric {metric!r} per request. Allowed: {allowed}."
+        raise ConfigError(msg, field="metric", value=metric)
     recs = [r for r in _records(records) if not r.warmup]
     if not recs:
         msg = "plot_timeline got no records. Pass the records of a load run."
@@ -542,9 +545,9 @@ def plot_timeline(
                             figsize=(11.0, 7.0 if cpu else 5.5), sharex=True)
     ax_lat, ax_eng = axes[0], axes[1]
 
-    ok = [(r, _metric(r, metric)) for r in recs if r.status == "ok"]
-    ok = [(r, v) for r, v in ok if v is not None]
-    values = [v for _, v in ok]
+    ok = [(r, stats.latency_values([r], metric, include_failures=False)) for r in recs if r.status == "ok"]
+    ok = [(r, v[0]) for r, v in ok if v]
+    values = stats.latency_values(recs, metric)
     unit, scale = _unit(max(values) if values else 1.0)
     replicas = sorted({r.replica_id or "?" for r, _ in ok})
     for i, rep in enumerate(replicas[: len(PALETTE)]):
@@ -562,7 +565,7 @@ def plot_timeline(
         p99 = _percentiles(values, [99])[99]
         ax_lat.axhline(p99 * scale, color=OKABE_ITO["vermillion"], linestyle="-.", linewidth=1.5,
                        label=f"p99 = {_fmt_latency(p99)}")
-    ax_lat.set_ylabel(f"{METRICS[metric]} ({unit})")
+    ax_lat.set_ylabel(f"{_label(metric)} ({unit})")
     ax_lat.set_ylim(bottom=0)
     ax_lat.legend(fontsize=8, **_OUTSIDE)
     ax_lat.grid(True, alpha=0.3)
@@ -612,7 +615,7 @@ def plot_timeline(
         ax_cpu.legend(fontsize=8, **_OUTSIDE)
         ax_cpu.grid(True, alpha=0.3)
     axes[-1].set_xlabel("time since start (s), load generator clock")
-    fig.suptitle(title or _title(name, f"{METRICS[metric]} and engine activity over time"))
+    fig.suptitle(title or _title(name, f"{_label(metric)} and engine activity over time"))
     return fig
 
 

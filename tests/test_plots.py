@@ -77,16 +77,31 @@ def test_histogram_marks_labelled_percentiles(tmp_path, metric, log_x):
     assert_saved(fig, tmp_path, f"hist-{metric}")
 
 
-def test_histogram_uses_seconds_for_long_latencies_and_skips_errors():
-    fig = plot_latency_histogram(make_records(base_s=12.0, errors=5), name="slow")
+def test_histogram_uses_seconds_for_long_latencies():
+    fig = plot_latency_histogram(make_records(base_s=12.0), name="slow")
     labels = line_labels(fig.axes[0])
     assert all(lb.endswith(" s") for lb in labels)
     assert "(s)" in fig.axes[0].get_xlabel()
-    assert "n=120" in fig.axes[0].get_title()
+
+
+def test_histogram_counts_failures_like_stats_unless_told_not_to():
+    from labkit.stats import summarize_latencies
+
+    recs = make_records(n=100, errors=5)
+    for r in recs[-5:]:
+        r.timeout_s = 2.0
+    fig = plot_latency_histogram(recs, name="x")
+    (ax,) = fig.axes
+    assert "n=105" in ax.get_title()
+    assert "5 failed, at their time-out" in [t.get_text() for t in ax.get_legend().get_texts()][0]
+    p99 = summarize_latencies(recs, "e2e", ci=False).percentiles["p99"]
+    assert f"p99 = {p99 * 1e3:.0f} ms" in line_labels(ax)
+    ok_only = plot_latency_histogram(recs, name="x", include_failures=False)
+    assert "n=100" in ok_only.axes[0].get_title()
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"metric": "latency"}, "Unknown latency metric"),
+    ({"metric": "latency"}, "Unknown metric"),
     ({"bins": 0}, "bins=0"),
 ])
 def test_histogram_rejects_bad_arguments(kwargs, match):
@@ -95,8 +110,8 @@ def test_histogram_rejects_bad_arguments(kwargs, match):
 
 
 def test_histogram_without_values_says_why():
-    with pytest.raises(ConfigError, match="No successful requests of 'x'"):
-        plot_latency_histogram(make_records(n=0, errors=3), name="x")
+    with pytest.raises(ConfigError, match="No requests of 'x'"):
+        plot_latency_histogram(make_records(n=0, errors=3), "ttft", name="x")
 
 
 def test_cdf_overlays_runs(tmp_path):
@@ -207,6 +222,8 @@ def test_timeline_without_telemetry_shows_client_inflight():
     assert line_labels(fig.axes[1]) == ["in flight (client)"]
     with pytest.raises(ConfigError, match="no records"):
         plot_timeline([], None)
+    with pytest.raises(ConfigError, match="per request"):
+        plot_timeline(make_records(), None, "itl")
 
 
 def test_save_figure_drops_known_suffix_and_rejects_unknown_format(tmp_path):
