@@ -73,9 +73,9 @@ ARRIVALS = ("constant", "poisson", "gamma", "closed")
 APIS = ("completions", "chat")
 STATUSES = ("ok", "error", "timeout", "cancelled")
 
-# The scheduler sleeps on the event loop's timer until this long before the intended send
-# time, then yields to the loop (I/O keeps flowing) until the time has come: the loop's timers
-# have millisecond granularity, the lag target is well under one millisecond.
+# Without a timerfd (not Linux), the scheduler sleeps on the event loop's timer until this long
+# before the intended send time, then yields to the loop (I/O keeps flowing) until the time has
+# come: the loop's timers have millisecond granularity, the lag target is under a millisecond.
 _SPIN_S = 0.002
 # Idle keep-alive connections older than this are not reused (uvicorn closes them after 5 s).
 _IDLE_MAX_S = 4.0
@@ -85,7 +85,7 @@ _PROGRESS_EVERY_S = 0.25
 
 _CONTENT_RE = re.compile(rb'"(?:text|content|reasoning_content)"\s*:\s*"[^"]')
 _MARKER_RE = re.compile(rb'"(?:usage"\s*:\s*\{|labkit"\s*:|error"\s*:)')
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a sentence reads better than 100 quoted words
     "the of and to in is that it for on with as was by at be this from or an are not have "
     "but one all were when there can more time which their if will each about how up out "
     "them then many some so these would other into has two like him see could no make than "
@@ -226,7 +226,8 @@ def read_records(path: str | Path) -> list[RequestRecord]:
         except (ValueError, TypeError) as err:
             if k >= len(lines) - 1:  # last line, no newline after it: cut short by an interrupt
                 break
-            msg = f"Line {k + 1} of '{path}' is not a request record ({err}); only the last line may be cut short."
+            msg = (f"Line {k + 1} of '{path}' is not a request record ({err}); "
+                   "only the last line may be cut short.")
             raise LoadGenError(msg) from None
     return records
 
@@ -259,7 +260,7 @@ class LoadConfig:
     stream: bool = _f(True, help="Stream tokens (server-sent events); needed for TTFT and gaps.")
     arrival: str = _f("poisson", help="Arrival process: constant, poisson, gamma or closed (N users).")
     rate_rps: float | None = _f(None, help="Offered request rate (open loop), requests per second.")
-    burstiness: float = _f(1.0, help="Gamma shape for arrival='gamma': 1 is Poisson, <1 burstier, >1 smoother.")
+    burstiness: float = _f(1.0, help="Gamma shape (arrival='gamma'): 1 is Poisson, <1 burstier.")
     ramp_to_rps: float | None = _f(None, help="Ramp the rate linearly from rate_rps to this over duration_s.")
     users: int | None = _f(None, help="Concurrent users for arrival='closed'.")
     think_time_s: float = _f(0.0, help="Closed loop: pause between a user's response and next request.")
@@ -267,8 +268,8 @@ class LoadConfig:
     duration_s: float | None = _f(None, help="Measured schedule length in seconds (warm-up not included).")
     warmup_requests: int = _f(0, help="Requests sent first and flagged warmup=True (excluded from stats).")
     max_tokens: int = _f(16, help="max_tokens of every request.")
-    prompt_tokens: int = _f(32, help="Length of synthetic prompts, in tokens (approximate without tokenizer).")
-    prompt_file: str | None = _f(None, help="Prompts file: one per line, or JSONL with 'prompt' or 'messages'.")
+    prompt_tokens: int = _f(32, help="Synthetic prompt length, tokens (approximate without tokenizer).")
+    prompt_file: str | None = _f(None, help="Prompts: one per line, or JSONL with 'prompt' / 'messages'.")
     tokenizer: str | None = _f(None, help="Tokenizer path or id (transformers) for prompts and token counts.")
     seed: int = _f(0, help="Seed of arrivals and synthetic prompts.")
     timeout_s: float = _f(60.0, help="Per-request time-out from the actual send, seconds.")
@@ -283,57 +284,56 @@ class LoadConfig:
     records_path: str | None = _f(None, help="JSONL file that receives one record per finished request.")
 
     def __post_init__(self) -> None:
-        def bad(name: str, allowed: str, fix: str) -> ConfigError:
+        for name, allowed, fix in self._problems():
             value = getattr(self, name)
-            return ConfigError(f"LoadConfig.{name}={value!r} is invalid: {allowed}. {fix}",
-                               field=name, value=value)
+            msg = f"LoadConfig.{name}={value!r} is invalid: {allowed}. {fix}"
+            raise ConfigError(msg, field=name, value=value)
 
+    def _problems(self) -> Iterator[tuple[str, str, str]]:
+        """Yield ``(field, what is allowed, how to fix)`` for each bad value, in field order."""
         if not isinstance(self.url, str) or not re.match(r"^https?://[^/\s]+", self.url):
-            raise bad("url", "it must start with http:// or https:// and name a host",
-                      "Pass e.g. url='http://127.0.0.1:8000'.")
+            yield ("url", "it must start with http:// or https:// and name a host",
+                   "Pass e.g. url='http://127.0.0.1:8000'.")
         if self.api not in APIS:
-            raise bad("api", f"allowed values are {list(APIS)}", "Use 'completions' or 'chat'.")
+            yield "api", f"allowed values are {list(APIS)}", "Use 'completions' or 'chat'."
         if self.arrival not in ARRIVALS:
-            raise bad("arrival", f"allowed values are {list(ARRIVALS)}", "Pick one of them.")
+            yield "arrival", f"allowed values are {list(ARRIVALS)}", "Pick one of them."
         if self.arrival == "closed":
             if not isinstance(self.users, int) or self.users < 1:
-                raise bad("users", "arrival='closed' needs an integer >= 1", "Pass users=4, for example.")
-        else:
-            if self.rate_rps is None or not (self.rate_rps > 0 and math.isfinite(self.rate_rps)):
-                raise bad("rate_rps", f"arrival='{self.arrival}' needs a finite rate > 0",
-                          "Pass rate_rps=10, or arrival='closed' with users=N.")
-            if self.ramp_to_rps is not None:
-                if not (self.ramp_to_rps > 0 and math.isfinite(self.ramp_to_rps)):
-                    raise bad("ramp_to_rps", "it must be a finite rate > 0", "Pass ramp_to_rps=50.")
-                if self.duration_s is None:
-                    raise bad("ramp_to_rps", "a ramp needs duration_s (it spans the duration)",
-                              "Pass duration_s as well.")
+                yield "users", "arrival='closed' needs an integer >= 1", "Pass users=4, for example."
+        elif self.rate_rps is None or not (self.rate_rps > 0 and math.isfinite(self.rate_rps)):
+            yield ("rate_rps", f"arrival='{self.arrival}' needs a finite rate > 0",
+                   "Pass rate_rps=10, or arrival='closed' with users=N.")
+        elif self.ramp_to_rps is not None:
+            if not (self.ramp_to_rps > 0 and math.isfinite(self.ramp_to_rps)):
+                yield "ramp_to_rps", "it must be a finite rate > 0", "Pass ramp_to_rps=50."
+            elif self.duration_s is None:
+                yield "ramp_to_rps", "a ramp needs duration_s (it spans the duration)", "Pass duration_s too."
         if not (self.burstiness > 0 and math.isfinite(self.burstiness)):
-            raise bad("burstiness", "it must be a finite number > 0", "1.0 is Poisson.")
+            yield "burstiness", "it must be a finite number > 0", "1.0 is Poisson."
         if self.num_requests is None and self.duration_s is None:
-            raise bad("num_requests", "num_requests and duration_s are both None, the run would not end",
-                      "Pass num_requests=..., duration_s=..., or both.")
-        if self.num_requests is not None and (not isinstance(self.num_requests, int) or self.num_requests < 1):
-            raise bad("num_requests", "it must be an integer >= 1", "Pass num_requests=100.")
+            yield ("num_requests", "num_requests and duration_s are both None, the run would not end",
+                   "Pass num_requests=..., duration_s=..., or both.")
+        n = self.num_requests
+        if n is not None and (not isinstance(n, int) or n < 1):
+            yield "num_requests", "it must be an integer >= 1", "Pass num_requests=100."
         if self.duration_s is not None and not (self.duration_s > 0 and math.isfinite(self.duration_s)):
-            raise bad("duration_s", "it must be a finite number of seconds > 0", "Pass duration_s=30.")
-        if not isinstance(self.warmup_requests, int) or self.warmup_requests < 0:
-            raise bad("warmup_requests", "it must be an integer >= 0", "Pass warmup_requests=0.")
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise bad("max_tokens", "it must be an integer >= 1", "Pass max_tokens=16.")
-        if not isinstance(self.prompt_tokens, int) or self.prompt_tokens < 1:
-            raise bad("prompt_tokens", "it must be an integer >= 1", "Pass prompt_tokens=32.")
+            yield "duration_s", "it must be a finite number of seconds > 0", "Pass duration_s=30."
+        for name, example in (("warmup_requests", 0), ("max_tokens", 16), ("prompt_tokens", 32)):
+            value, least = getattr(self, name), 0 if name == "warmup_requests" else 1
+            if not isinstance(value, int) or value < least:
+                yield name, f"it must be an integer >= {least}", f"Pass {name}={example}."
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
-            raise bad("timeout_s", "it must be a finite number of seconds > 0", "Pass timeout_s=60.")
+            yield "timeout_s", "it must be a finite number of seconds > 0", "Pass timeout_s=60."
         if self.hard_stop_s is not None and not self.hard_stop_s > 0:
-            raise bad("hard_stop_s", "it must be None or seconds > 0", "Pass hard_stop_s=120.")
+            yield "hard_stop_s", "it must be None or seconds > 0", "Pass hard_stop_s=120."
         if self.think_time_s < 0:
-            raise bad("think_time_s", "it must be >= 0 seconds", "Pass think_time_s=0.")
+            yield "think_time_s", "it must be >= 0 seconds", "Pass think_time_s=0."
         if self.max_concurrency is not None and (not isinstance(self.max_concurrency, int)
                                                  or self.max_concurrency < 1):
-            raise bad("max_concurrency", "it must be None or an integer >= 1", "Pass max_concurrency=64.")
+            yield "max_concurrency", "it must be None or an integer >= 1", "Pass max_concurrency=64."
         if self.prompt_file is not None and not Path(self.prompt_file).is_file():
-            raise bad("prompt_file", "no such file", "Pass the path of an existing prompts file.")
+            yield "prompt_file", "no such file", "Pass the path of an existing prompts file."
 
     @property
     def endpoint_url(self) -> str:
@@ -391,7 +391,8 @@ def _read_prompt_file(path: str) -> list[str | list[dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except ValueError as err:
-                msg = f"Line {k + 1} of prompt file '{path}' is not JSON ({err}). Use one JSON object per line."
+                msg = (f"Line {k + 1} of prompt file '{path}' is not JSON ({err}). "
+                       "Use one JSON object per line.")
                 raise LoadGenError(msg) from None
             if isinstance(obj, str):
                 prompts.append(obj)
@@ -409,7 +410,8 @@ def _read_prompt_file(path: str) -> list[str | list[dict[str, Any]]]:
     return prompts
 
 
-def make_prompts(config: LoadConfig, count: int, *, tokenizer: Any = None) -> list[str | list[dict[str, Any]]]:
+def make_prompts(config: LoadConfig, count: int, *,
+                 tokenizer: Any = None) -> list[str | list[dict[str, Any]]]:
     """Make the prompts of a run, deterministic under ``config.seed``.
 
     Parameters
@@ -442,7 +444,7 @@ def make_prompts(config: LoadConfig, count: int, *, tokenizer: Any = None) -> li
     if tokenizer is None and config.tokenizer is not None:
         tokenizer = _load_tokenizer(config.tokenizer)
     if tokenizer is None:
-        return [" ".join(rng.choice(_WORDS) for _ in range(n)) for _ in range(count)]
+        return [" ".join(rng.choices(_WORDS, k=n)) for _ in range(count)]
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     vocab = [i for i in range(int(tokenizer.vocab_size)) if i not in special]
     prompts: list[str | list[dict[str, Any]]] = []
@@ -659,43 +661,61 @@ class _Conn(asyncio.Protocol):
         return True
 
     def _chunked(self, data: bytes, req: _Req, t: float) -> None:
+        """Decode chunked transfer encoding; hand every payload of this read over at once."""
         buf = self.buf + data if self.buf else data
         pos, n = 0, len(buf)
+        state = self.state
+        out = []
+        find = buf.find
         while pos < n:
-            state = self.state
-            if state == _CHUNK_DATA:
-                end = pos + self.remaining
-                if end > n:
-                    end = n
-                self._payload(buf[pos:end] if (pos or end < n) else buf, req, t)
+            if state == _CHUNK_SIZE:
+                i = find(b"\r\n", pos)
+                if i < 0:
+                    break
+                try:
+                    size = int(buf[pos:i], 16)
+                except ValueError:  # chunk extensions: "1a;name=value"
+                    size = int(buf[pos:i].split(b";", 1)[0], 16)
+                pos = i + 2
+                if size == 0:
+                    state = _TRAILER
+                    continue
+                end = pos + size
+                if end + 2 <= n:  # the whole chunk and its CRLF are here (the usual case)
+                    out.append(buf[pos:end])
+                    pos = end + 2
+                else:
+                    self.remaining = size
+                    state = _CHUNK_DATA
+            elif state == _CHUNK_DATA:
+                end = min(n, pos + self.remaining)
+                out.append(buf[pos:end])
                 self.remaining -= end - pos
                 pos = end
                 if self.remaining == 0:
-                    self.state = _CHUNK_CRLF
+                    state = _CHUNK_CRLF
             elif state == _CHUNK_CRLF:
                 if n - pos < 2:
                     break
                 pos += 2
-                self.state = _CHUNK_SIZE
-            else:  # _CHUNK_SIZE or _TRAILER: a line
-                i = buf.find(b"\r\n", pos)
+                state = _CHUNK_SIZE
+            else:  # _TRAILER: lines until an empty one
+                i = find(b"\r\n", pos)
                 if i < 0:
                     break
-                line = buf[pos:i]
+                line_empty = i == pos
                 pos = i + 2
-                if state == _TRAILER:
-                    if not line:  # end of the message
-                        self.buf = b""
-                        self.runner._complete(self, req, t)
-                        return
-                    continue
-                size = int(line.split(b";", 1)[0], 16)
-                if size == 0:
-                    self.state = _TRAILER
-                else:
-                    self.remaining = size
-                    self.state = _CHUNK_DATA
+                if line_empty:
+                    self.buf = b""
+                    self.state = state
+                    if out:
+                        self._payload(b"".join(out), req, t)
+                    self.runner._complete(self, req, t)
+                    return
+        self.state = state
         self.buf = buf[pos:]
+        if out:
+            self._payload(out[0] if len(out) == 1 else b"".join(out), req, t)
 
     def _payload(self, data: bytes, req: _Req, t: float) -> None:
         if not self.sse:
@@ -704,21 +724,56 @@ class _Conn(asyncio.Protocol):
         buf = self.sse_buf + data if self.sse_buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        start = 0
-        find = buf.find
-        while True:
-            i = find(b"\n\n", start)
-            if i < 0:
-                break
-            event = buf[start:i]
-            start = i + 2
-            if event.startswith(b"data:") and b"\n" not in event:
-                payload = event[5:].strip()
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self.sse_buf = buf
+            return
+        end += 2
+        self.sse_buf = buf[end:]
+        block = buf[:end] if end < len(buf) else buf
+        n_events = block.count(b"\n\n")
+        if (block.count(b"\n") == 2 * n_events and block.count(b"data:") == n_events
+                and block.startswith(b"data:")):
+            self._events_fast(block, n_events, req, t)
+        else:
+            self._events_slow(block, req, t)
+
+    def _events_fast(self, block: bytes, n_events: int, req: _Req, t: float) -> None:
+        """Every event is one ``data:`` line: count text events and find markers in C."""
+        k = len(_CONTENT_RE.findall(block))
+        if k > n_events:  # an event with two text fields: count them one by one
+            self._events_slow(block, req, t)
+            return
+        if k:
+            if req.first_token_s is None:
+                req.first_token_s = t
+                if k > 1:
+                    req.itl.extend([0.0] * (k - 1))
             else:
-                payload = b"\n".join(line[5:].strip() for line in event.split(b"\n")
-                                     if line.startswith(b"data:"))
-                if not payload:
-                    continue  # comment, event: or id: lines only
+                req.itl.append(t - req.last_token_s)  # type: ignore[operator]
+                if k > 1:
+                    req.itl.extend([0.0] * (k - 1))
+            req.last_token_s = t
+        if b"[DONE]" in block:
+            req.saw_done = True
+        texts = req.texts
+        if texts is not None:
+            texts.extend(p for p in (line[5:].strip() for line in block.split(b"\n") if line)
+                         if _CONTENT_RE.search(p) is not None)
+        last_line = -1
+        for m in _MARKER_RE.finditer(block):  # usually one: the final usage / labkit event
+            start = block.rfind(b"\n", 0, m.start()) + 1
+            if start == last_line:
+                continue
+            last_line = start
+            self.runner._parse_event(req, block[start + 5:block.find(b"\n", m.end())].strip())
+
+    def _events_slow(self, block: bytes, req: _Req, t: float) -> None:
+        """Any SSE: multi-line data, comments, event: and id: fields."""
+        for event in block.split(b"\n\n"):
+            payload = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+            if not payload:
+                continue  # comment, event: or id: lines only
             if payload == b"[DONE]":
                 req.saw_done = True
                 continue
@@ -732,7 +787,71 @@ class _Conn(asyncio.Protocol):
                     req.texts.append(payload)
             if _MARKER_RE.search(payload) is not None:
                 self.runner._parse_event(req, payload)
-        self.sse_buf = buf[start:]
+
+
+class _TimerFd:
+    """A Linux timerfd armed at absolute CLOCK_MONOTONIC times (``time.perf_counter()``).
+
+    The event loop's own timers have millisecond granularity; a timerfd wakes the loop within
+    tens of microseconds of the intended time without spinning (a spinning client is a CPU hog
+    that the kernel preempts for milliseconds on a shared machine). ctypes over libc, because
+    ``os.timerfd_create`` only exists from Python 3.13. :meth:`create` returns None where
+    timerfd is unavailable (not Linux); the scheduler then uses the loop's timers.
+    """
+
+    def __init__(self, libc: Any, fd: int, spec: Any, loop: asyncio.AbstractEventLoop,
+                 callback: Callable[[], None], byref: Callable[[Any], Any]) -> None:
+        self.libc, self.fd, self.spec, self.loop, self.callback = libc, fd, spec, loop, callback
+        self.settime, self.spec_ref = libc.timerfd_settime, byref(spec)
+        loop.add_reader(fd, self._ready)
+
+    @classmethod
+    def create(cls, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> _TimerFd | None:
+        if not sys.platform.startswith("linux"):
+            return None
+        import ctypes  # only where a timerfd can exist
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.timerfd_create(1, 0o4000 | 0o2000000)  # CLOCK_MONOTONIC, NONBLOCK | CLOEXEC
+        except (OSError, AttributeError):
+            return None
+        if fd < 0 or time.get_clock_info("perf_counter").implementation != "clock_gettime(CLOCK_MONOTONIC)":
+            return None
+
+        class _Spec(ctypes.Structure):
+            _fields_ = [("i_sec", ctypes.c_long), ("i_nsec", ctypes.c_long),
+                        ("v_sec", ctypes.c_long), ("v_nsec", ctypes.c_long)]
+
+        with contextlib.suppress(OSError, AttributeError):  # a finer timer slack for this thread
+            libc.prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, 1 us (default 50 us)
+        try:
+            return cls(libc, fd, _Spec(), loop, callback, ctypes.byref)
+        except (NotImplementedError, OSError):  # a loop without add_reader
+            import os
+
+            os.close(fd)
+            return None
+
+    def arm(self, when_s: float) -> None:
+        sec = int(when_s)
+        self.spec.v_sec, self.spec.v_nsec = sec, max(1, int((when_s - sec) * 1e9))
+        self.settime(self.fd, 1, self.spec_ref, None)  # TFD_TIMER_ABSTIME
+
+    def _ready(self) -> None:
+        import os
+
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 8)
+        self.callback()
+
+    def close(self) -> None:
+        import os
+
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.fd)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 class _RecordWriter:
@@ -826,6 +945,7 @@ class _Runner:
         self.emitted = 0
         self.shown = 0
         self.callback_error: BaseException | None = None
+        self.timer: _TimerFd | None = None
         self.need_texts = False
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.finished: asyncio.Future = None  # type: ignore[assignment]
@@ -835,12 +955,13 @@ class _Runner:
         cfg = self.config
         total = (cfg.warmup_requests + (cfg.num_requests or 0)) if cfg.num_requests else _MAX_PROMPT_POOL
         if cfg.duration_s is not None and cfg.rate_rps:
-            total = min(total, cfg.warmup_requests + int(cfg.duration_s * max(cfg.rate_rps, cfg.ramp_to_rps or 0))
-                        + 1)
+            peak_rps = max(cfg.rate_rps, cfg.ramp_to_rps or 0)
+            total = min(total, cfg.warmup_requests + int(cfg.duration_s * peak_rps) + 1)
         prompts = make_prompts(cfg, total, tokenizer=self.tokenizer)
         host = self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
         head = [f"POST {self.path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
-                "User-Agent: labkit-load", "Accept: text/event-stream" if cfg.stream else "Accept: application/json"]
+                "User-Agent: labkit-load",
+                "Accept: text/event-stream" if cfg.stream else "Accept: application/json"]
         if cfg.api_key:
             head.append(f"Authorization: Bearer {cfg.api_key}")
         head += [f"{k}: {v}" for k, v in cfg.headers.items()]
@@ -849,7 +970,8 @@ class _Runner:
         for prompt in prompts:
             body: dict[str, Any] = {"model": model, "max_tokens": cfg.max_tokens, "stream": cfg.stream}
             if cfg.api == "chat":
-                body["messages"] = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+                body["messages"] = (prompt if isinstance(prompt, list)
+                                    else [{"role": "user", "content": prompt}])
             else:
                 body["prompt"] = (prompt if isinstance(prompt, str)
                                   else "\n".join(str(m.get("content", "")) for m in prompt))
@@ -932,6 +1054,7 @@ class _Runner:
             if cfg.arrival == "closed":
                 self._start_closed()
             else:
+                self.timer = _TimerFd.create(self.loop, self._tick)
                 self.arrivals = ((i, self.start_s + off) for i, off in _arrival_offsets(cfg))
                 self.next_arrival = next(self.arrivals, None)
                 self._tick()
@@ -942,6 +1065,8 @@ class _Runner:
         finally:
             self.end_s = time.perf_counter()
             self.stopping = True
+            if self.timer is not None:
+                self.timer.close()
             for conn in list(self.conns):
                 if conn.transport is not None:
                     conn.transport.close()
@@ -992,6 +1117,9 @@ class _Runner:
         if nxt is None:
             self.schedule_done = True
             self._maybe_finish()
+            return
+        if self.timer is not None:
+            self.timer.arm(nxt[1])
             return
         delay = nxt[1] - now
         if delay > _SPIN_S:
@@ -1074,7 +1202,8 @@ class _Runner:
                                                         ssl=self.ssl or None)
         except OSError as err:
             if not req.done:
-                self._finish(req, time.perf_counter(), "error", f"connect to {self.host}:{self.port} failed: {err}")
+                self._finish(req, time.perf_counter(), "error",
+                             f"connect to {self.host}:{self.port} failed: {err}")
             return
         self.conns.add(conn)
         if req.done or self.stopping:  # timed out or stopped while connecting
@@ -1228,7 +1357,8 @@ class _Runner:
             replica_id = lab.get("replica_id") or replica_id
             timings = lab.get("timings")
             if isinstance(timings, dict):
-                server = {**server, **{k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}}
+                numeric = {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
+                server = {**server, **numeric}
         extra: dict[str, Any] = {}
         if req.user is not None:
             extra["user"] = req.user
@@ -1462,7 +1592,8 @@ def _sweep_path(path: str | None, rate: float) -> str | None:
 
 
 def run_sweep(config: LoadConfig, rates_rps: Sequence[float], *, records_path: str | None = None,
-              progress: bool = True, on_record: Callable[[RequestRecord], None] | None = None) -> list[LoadResult]:
+              progress: bool = True,
+              on_record: Callable[[RequestRecord], None] | None = None) -> list[LoadResult]:
     """Run the same open-loop workload at several rates, one after the other.
 
     Parameters

@@ -131,7 +131,7 @@ def percentiles(values: Iterable[float], qs: Sequence[float] = DEFAULT_PERCENTIL
     if arr.size == 0:
         return {percentile_label(q): math.nan for q in qs}
     res = np.percentile(arr, list(qs))
-    return {percentile_label(q): float(v) for q, v in zip(qs, res)}
+    return {percentile_label(q): float(v) for q, v in zip(qs, res, strict=True)}
 
 
 def _bootstrap_many(arr: Any, qs: Sequence[float], n_boot: int, confidence: float, seed: int) -> dict:
@@ -638,7 +638,9 @@ class RunSummary:
             return "n/a" if v is None else f"{v:.1f}"
 
         lines = [f"RunSummary: {self.requests} requests, {self.errors} failed ({self.error_rate:.1%}), "
-                 f"offered {rate(self.offered_rate_rps)} req/s, achieved {rate(self.achieved_rate_rps)} req/s, "
+                 "\n  "
+                 f"offered {rate(self.offered_rate_rps)} req/s, "
+                 f"achieved {rate(self.achieved_rate_rps)} req/s, "
                  f"throughput {rate(self.throughput_rps)} req/s"]
         lines += [f"  {m!r}" for m in self.metrics.values() if m.count]
         if self.node_share:
