@@ -1,13 +1,66 @@
 """labkit: a hands-on kit for multi-node LLM inference with Ray Serve and vLLM.
 
-Nothing happens at import time: heavy dependencies (ray, vllm, matplotlib) are imported inside
-the functions that need them.
+Nothing happens at import time: the names below load their module on first use (PEP 562), and the
+modules import heavy dependencies (ray, vllm, matplotlib) inside the functions that need them.
+Everything else is reached as ``labkit.<module>.<name>``.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from labkit.errors import LabkitError
+# name -> module that defines it (what the notebooks call).
+_EXPORTS = {
+    "ClusterConfig": "labkit.cluster",
+    "LabkitError": "labkit.errors",
+    "LoadConfig": "labkit.load",
+    "ServeConfig": "labkit.serve",
+    "checkpoint": "labkit.record",
+    "compare_topologies": "labkit.experiment",
+    "connect_cluster": "labkit.cluster",
+    "deploy": "labkit.serve",
+    "grade_directory": "labkit.grade",
+    "load_panel": "labkit.experiment",
+    "make_tiny_model": "labkit.models",
+    "plan_placement": "labkit.serve",
+    "plot_latency_cdf": "labkit.plots",
+    "plot_latency_histogram": "labkit.plots",
+    "plot_percentiles_vs_load": "labkit.plots",
+    "plot_request_share": "labkit.plots",
+    "plot_timeline": "labkit.plots",
+    "record_environment": "labkit.record",
+    "resolve_model": "labkit.models",
+    "run_lab": "labkit.run",
+    "run_load": "labkit.load",
+    "run_topology": "labkit.experiment",
+    "save_figure": "labkit.plots",
+    "start_cluster": "labkit.cluster",
+    "summarize_latencies": "labkit.stats",
+    "summarize_run": "labkit.stats",
+    "sweep_topologies": "labkit.experiment",
+    "topology_preset": "labkit.serve",
+}
 
-__all__ = ["LabkitError", "__version__"]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        # Submodules (labkit.serve, labkit.stats...) stay reachable as attributes.
+        try:
+            return importlib.import_module(f"labkit.{name}")
+        except ModuleNotFoundError:
+            msg = f"module 'labkit' has no attribute '{name}'"
+            raise AttributeError(msg) from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "cluster", "diagnose", "errors", "experiment", "grade", "load", "models", "plots",
+                   "record", "run", "serve", "stats", "telemetry"])

@@ -1,0 +1,307 @@
+"""The lesson's experiment: the same offered load through two doors to the same engines.
+
+Owns running one load test with telemetry and a diagnosis (:func:`run_topology`), comparing
+topologies at one offered load (:func:`compare_topologies`) and sweeping the load
+(:func:`sweep_topologies`). The claim under test: with a single gating coordinator the tail
+(p99 / p50) grows at least twice as much as through the distributed proxies, while the engines
+are *not* busier; the diagnosis names the coordinator for the gated door only.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labkit.errors import ConfigError
+
+__all__ = ["ExperimentResult", "TopologyRun", "compare_topologies", "load_panel", "run_topology", "sweep_topologies"]
+
+# The claim's numbers, named once (the notebook prints them beside the result).
+TAIL_RATIO_FACTOR = 2.0  # gated p99/p50 must be >= this x the distributed one's
+ACTIVITY_TOLERANCE = 0.15  # "not higher": gated engine activity <= (1 + this) x distributed
+
+
+@dataclass
+class TopologyRun:
+    """One load test through one door: records, telemetry, summary and diagnosis."""
+
+    name: str
+    url: str
+    result: Any
+    telemetry: Any
+    summary: Any
+    diagnosis: Any
+
+    @property
+    def tail_ratio(self) -> float | None:
+        """p99 / p50 of end-to-end latency (from the intended send time)."""
+        p = self.summary.metrics["e2e"].percentiles
+        return p["p99"] / p["p50"] if p.get("p50") else None
+
+    @property
+    def engine_activity(self) -> float | None:
+        """Mean running + waiting requests over all engines during the run (telemetry)."""
+        from labkit.telemetry import summarize_samples
+
+        if self.telemetry is None:
+            return None
+        rows = summarize_samples(self.telemetry.samples, start_s=self.result.start_s, end_s=self.result.end_s,
+                                 role="replica")
+        means = [row.get("active_mean", row.get("running_mean")) for row in rows.values()]
+        means = [m for m in means if m is not None]
+        return sum(means) if means else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (summary, diagnosis, telemetry summary; records not included)."""
+        return {"name": self.name, "url": self.url, "tail_ratio": self.tail_ratio,
+                "engine_activity": self.engine_activity, "summary": self.summary.to_dict(),
+                "diagnosis": self.diagnosis.to_dict(),
+                "telemetry_notes": list(getattr(self.telemetry, "notes", []) or [])}
+
+
+def run_topology(name: str, url: str, *, model: str | None = None, rate_rps: float = 6.0,
+                 duration_s: float = 20.0, max_tokens: int = 24, prompt_tokens: int = 32,
+                 arrival: str = "poisson", warmup_requests: int = 4, seed: int = 0,
+                 records_dir: str | Path | None = None, telemetry: bool = True, progress: bool = True,
+                 timeout_s: float = 60.0) -> TopologyRun:
+    """Drive one door with open-loop load while recording telemetry; summarize and diagnose.
+
+    Parameters
+    ----------
+    name : str
+        Configuration name (titles, records file name).
+    url : str
+        Base URL of the door (``http://127.0.0.1:8000`` or ``.../gated``).
+    model : str, optional
+        Model name; asked from the server when omitted.
+    rate_rps : float
+        Offered rate.
+    duration_s : float
+        Measured schedule length.
+    max_tokens, prompt_tokens : int
+        Request shape (``ignore_eos`` makes every answer ``max_tokens`` long).
+    arrival : str
+        ``poisson``, ``constant`` or ``gamma``.
+    warmup_requests : int
+        Requests sent first and left out of the statistics.
+    seed : int
+        Seed of arrivals and prompts.
+    records_dir : str or Path, optional
+        Where the JSONL of records goes (``<name>.jsonl``).
+    telemetry : bool
+        Record engine / process / GPU activity (needs the Ray connection).
+    progress : bool
+        Show a progress bar.
+    timeout_s : float
+        Per-request time-out.
+
+    Returns
+    -------
+    TopologyRun
+        Everything about the run.
+    """
+    from labkit.diagnose import diagnose
+    from labkit.load import LoadConfig, run_load
+    from labkit.telemetry import TelemetryRecorder
+
+    records_path = None
+    if records_dir is not None:
+        Path(records_dir).mkdir(parents=True, exist_ok=True)
+        records_path = str(Path(records_dir) / f"{name}-{rate_rps:g}rps.jsonl")
+    config = LoadConfig(url=url, model=model, arrival=arrival, rate_rps=rate_rps, duration_s=duration_s,
+                        max_tokens=max_tokens, prompt_tokens=prompt_tokens, warmup_requests=warmup_requests,
+                        seed=seed, ignore_eos=True, temperature=0.0, timeout_s=timeout_s,
+                        hard_stop_s=duration_s * 3 + 60)
+    recorder = TelemetryRecorder(processes="serve", name=name) if telemetry else None
+    if recorder is not None:
+        with recorder:
+            result = run_load(config, records_path=records_path, progress=progress)
+    else:
+        result = run_load(config, records_path=records_path, progress=progress)
+    summary = result.summary()
+    verdict = diagnose(result, recorder, name=name)
+    return TopologyRun(name=name, url=url, result=result, telemetry=recorder, summary=summary, diagnosis=verdict)
+
+
+@dataclass
+class ExperimentResult:
+    """Runs of several doors at one offered load, and whether the lesson's claim held."""
+
+    runs: dict[str, TopologyRun]
+    rate_rps: float
+    gated: str = "gated"
+    baseline: str = "distributed"
+    notes: list[str] = field(default_factory=list)
+
+    def claim(self) -> dict[str, Any]:
+        """Check the claim and return each part with its numbers.
+
+        Returns
+        -------
+        dict
+            ``tail_ratio_gated``, ``tail_ratio_baseline``, ``tail_factor`` (their ratio),
+            ``activity_gated``, ``activity_baseline``, verdicts, and booleans
+            ``tail_grew``, ``engines_not_busier``, ``diagnosis_right`` and ``holds``.
+        """
+        gated, base = self.runs[self.gated], self.runs[self.baseline]
+        tg, tb = gated.tail_ratio, base.tail_ratio
+        ag, ab = gated.engine_activity, base.engine_activity
+        factor = tg / tb if tg and tb else None
+        tail_grew = factor is not None and factor >= TAIL_RATIO_FACTOR
+        not_busier = ag is not None and ab is not None and ag <= ab * (1 + ACTIVITY_TOLERANCE)
+        right = (gated.diagnosis.verdict == "coordinator_bottleneck"
+                 and base.diagnosis.verdict != "coordinator_bottleneck")
+        return {"rate_rps": self.rate_rps, "tail_ratio_gated": tg, "tail_ratio_baseline": tb, "tail_factor": factor,
+                "tail_factor_min": TAIL_RATIO_FACTOR, "activity_gated": ag, "activity_baseline": ab,
+                "activity_tolerance": ACTIVITY_TOLERANCE, "verdict_gated": gated.diagnosis.verdict,
+                "verdict_baseline": base.diagnosis.verdict, "tail_grew": tail_grew,
+                "engines_not_busier": not_busier, "diagnosis_right": right,
+                "holds": bool(tail_grew and not_busier and right)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"rate_rps": self.rate_rps, "claim": self.claim(),
+                "runs": {k: v.to_dict() for k, v in self.runs.items()}, "notes": self.notes}
+
+    def __repr__(self) -> str:
+        c = self.claim()
+
+        def fmt(x: Any) -> str:
+            return "n/a" if x is None else f"{x:.2f}"
+
+        return (f"ExperimentResult at {self.rate_rps:g} req/s: p99/p50 {self.gated} {fmt(c['tail_ratio_gated'])} vs "
+                f"{self.baseline} {fmt(c['tail_ratio_baseline'])} (x{fmt(c['tail_factor'])}, needs >= "
+                f"{TAIL_RATIO_FACTOR:g}); engine activity {fmt(c['activity_gated'])} vs {fmt(c['activity_baseline'])}; "
+                f"verdicts {c['verdict_gated']} / {c['verdict_baseline']}; claim holds: {c['holds']}")
+
+    def _repr_html_(self) -> str:
+        c = self.claim()
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v if not isinstance(v, float) else round(v, 3)))}</td></tr>"
+                       for k, v in c.items())
+        return f"<table><tr><th>claim</th><th>value</th></tr>{rows}</table>"
+
+
+def compare_topologies(doors: Mapping[str, str], *, rate_rps: float, gated: str = "gated",
+                       baseline: str = "distributed", **kwargs: Any) -> ExperimentResult:
+    """Drive each door in turn at the same offered load and check the lesson's claim.
+
+    Parameters
+    ----------
+    doors : mapping of str to str
+        ``{name: base_url}``; must hold ``gated`` and ``baseline``.
+    rate_rps : float
+        The offered load, the same for every door.
+    gated, baseline : str
+        Names of the doors the claim compares.
+    **kwargs
+        Passed to :func:`run_topology` (duration_s, max_tokens, seed, records_dir...).
+
+    Returns
+    -------
+    ExperimentResult
+        The runs and the claim.
+
+    Raises
+    ------
+    ConfigError
+        If ``gated`` or ``baseline`` is not among the doors.
+    """
+    for key in (gated, baseline):
+        if key not in doors:
+            msg = f"Door '{key}' is missing. Given: {sorted(doors)}; pass gated=... / baseline=... to pick others."
+            raise ConfigError(msg, field="doors", value=sorted(doors))
+    runs = {name: run_topology(name, url, rate_rps=rate_rps, **kwargs) for name, url in doors.items()}
+    return ExperimentResult(runs=runs, rate_rps=rate_rps, gated=gated, baseline=baseline)
+
+
+def sweep_topologies(doors: Mapping[str, str], rates_rps: Sequence[float], **kwargs: Any) -> dict[str, list[Any]]:
+    """Run every door at every offered rate (low to high) to find each knee.
+
+    Parameters
+    ----------
+    doors : mapping of str to str
+        ``{name: base_url}``.
+    rates_rps : sequence of float
+        Offered rates.
+    **kwargs
+        Passed to :func:`run_topology` (telemetry defaults to off here: the knee is in the
+        latencies).
+
+    Returns
+    -------
+    dict
+        ``{name: [LoadResult, ...]}`` in rate order, ready for ``plot_percentiles_vs_load``.
+    """
+    kwargs.setdefault("telemetry", False)
+    out: dict[str, list[Any]] = {}
+    for name, url in doors.items():
+        out[name] = [run_topology(name, url, rate_rps=rate, **kwargs).result for rate in sorted(rates_rps)]
+    return out
+
+
+def load_panel(doors: Mapping[str, str], *, rate_rps: float = 6.0, duration_s: float = 10.0,
+               max_tokens: int = 24, max_rate_rps: float = 30.0) -> Any:
+    """Return an ipywidgets panel: pick a door, a rate and a duration, run, see the histogram.
+
+    Parameters
+    ----------
+    doors : mapping of str to str
+        ``{name: base_url}`` to choose from.
+    rate_rps, duration_s : float
+        Initial values of the sliders.
+    max_tokens : int
+        Tokens per request.
+    max_rate_rps : float
+        Upper end of the rate slider.
+
+    Returns
+    -------
+    ipywidgets.VBox
+        The panel (display it as a cell's last expression).
+
+    Raises
+    ------
+    MissingDependencyError
+        If ipywidgets is not installed.
+    """
+    try:
+        import ipywidgets as widgets  # notebook-only dependency
+    except ImportError as err:
+        from labkit.errors import MissingDependencyError
+
+        msg = "The panel needs ipywidgets: pip install ipywidgets (it is in requirements/cpu.txt)."
+        raise MissingDependencyError(msg) from err
+    from IPython.display import display
+
+    door = widgets.Dropdown(options=list(doors), value=next(iter(doors)), description="topology")
+    rate = widgets.FloatSlider(value=rate_rps, min=0.5, max=max_rate_rps, step=0.5, description="rate req/s")
+    duration = widgets.FloatSlider(value=duration_s, min=2.0, max=60.0, step=1.0, description="duration s")
+    button = widgets.Button(description="Run", button_style="primary", icon="play")
+    status = widgets.HTML(value="<i>ready</i>")
+    output = widgets.Output()
+
+    def on_click(_: Any) -> None:
+        from labkit.plots import plot_latency_histogram
+
+        button.disabled = True
+        status.value = f"running {door.value} at {rate.value:g} req/s for {duration.value:g} s..."
+        output.clear_output()
+        try:
+            with output:
+                run = run_topology(door.value, doors[door.value], rate_rps=rate.value, duration_s=duration.value,
+                                   max_tokens=max_tokens, telemetry=False, warmup_requests=2)
+                display(run.summary)
+                display(plot_latency_histogram(run.result, "e2e", name=f"{door.value} @ {rate.value:g} req/s"))
+            status.value = f"done: verdict <b>{html.escape(run.diagnosis.verdict)}</b>"
+        except Exception as err:  # noqa: BLE001 - show the error in the panel instead of a dead button
+            status.value = f"<span style='color:#D55E00'>failed: {html.escape(str(err))}</span>"
+        finally:
+            button.disabled = False
+
+    button.on_click(on_click)
+    panel = widgets.VBox([widgets.HBox([door, rate, duration, button]), status, output])
+    panel.add_class("labkit-load-panel")
+    return panel

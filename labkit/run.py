@@ -1,0 +1,175 @@
+"""``labkit run``: execute every chapter notebook headless with papermill, into one run folder.
+
+Owns the automated path: each notebook runs in its own kernel with the parameters given (the
+embedded CPU defaults, or a real cluster's), its executed copy, figures and verification logs go
+to ``verification/runs/<timestamp>/``, any Ray processes a failed notebook left are killed, and
+the exit code says whether everything ran.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labkit.errors import ConfigError, LabkitError
+
+__all__ = ["NOTEBOOKS", "LabRun", "register_cli", "run_lab"]
+
+NOTEBOOKS = (
+    "00_environment_check.ipynb",
+    "01_chapter_walkthrough.ipynb",
+    "02_load_exercise.ipynb",
+    "03_instructor_grading.ipynb",
+)
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LabRun:
+    """What one ``labkit run`` did: per notebook, status and seconds; where the outputs are."""
+
+    out_dir: Path
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every notebook ran to the end."""
+        return bool(self.results) and all(r["status"] == "ok" for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"out_dir": str(self.out_dir), "ok": self.ok, "results": self.results}
+
+    def __repr__(self) -> str:
+        lines = [f"LabRun({self.out_dir}, ok={self.ok})"]
+        lines += [f"  {r['notebook']:<32} {r['status']:<6} {r['seconds']:7.1f} s  {r.get('error') or ''}"
+                  for r in self.results]
+        return "\n".join(lines)
+
+
+def run_lab(out_dir: str | Path | None = None, *, notebooks: Sequence[str] | None = None,
+            parameters: Mapping[str, Any] | None = None, per_notebook: Mapping[str, Mapping[str, Any]] | None = None,
+            kernel_name: str | None = None, timeout_s: float = 1800.0, stop_on_failure: bool = False) -> LabRun:
+    """Execute the chapter notebooks with papermill.
+
+    Parameters
+    ----------
+    out_dir : str or Path, optional
+        Run folder; default ``verification/runs/<UTC timestamp>/`` of the checkout.
+    notebooks : sequence of str, optional
+        File names under ``notebooks/``; default all of :data:`NOTEBOOKS`, in order.
+    parameters : mapping, optional
+        Parameters for every notebook (each notebook ignores the ones it does not have;
+        ``output_dir`` is always set to the run folder).
+    per_notebook : mapping, optional
+        ``{notebook: {parameter: value}}`` overrides.
+    kernel_name : str, optional
+        Jupyter kernel; default the notebook's (python3 of this environment).
+    timeout_s : float
+        Per-cell execution time-out.
+    stop_on_failure : bool
+        Skip the remaining notebooks after a failure.
+
+    Returns
+    -------
+    LabRun
+        Status and time of each notebook.
+
+    Raises
+    ------
+    ConfigError
+        If a notebook name is unknown.
+    """
+    import papermill  # heavy; only for runs
+
+    from labkit.cluster import kill_leftovers
+
+    source = _repo_root() / "notebooks"
+    names = list(notebooks or NOTEBOOKS)
+    unknown = [n for n in names if not (source / n).exists()]
+    if unknown:
+        msg = f"Unknown notebook(s) {unknown}. Available: {sorted(p.name for p in source.glob('*.ipynb'))}"
+        raise ConfigError(msg, field="notebooks", value=unknown)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(out_dir) if out_dir else _repo_root() / "verification" / "runs" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    run = LabRun(out_dir=out)
+    failed = False
+    for name in names:
+        if failed and stop_on_failure:
+            run.results.append({"notebook": name, "status": "skipped", "seconds": 0.0})
+            continue
+        params = {**(parameters or {}), **((per_notebook or {}).get(name, {})), "output_dir": str(out)}
+        started = time.monotonic()
+        entry: dict[str, Any] = {"notebook": name}
+        try:
+            papermill.execute_notebook(str(source / name), str(out / name), parameters=params, cwd=str(source),
+                                       kernel_name=kernel_name, progress_bar=False, execution_timeout=timeout_s,
+                                       report_mode=False)
+            entry["status"] = "ok"
+        except papermill.PapermillExecutionError as err:
+            entry.update(status="failed", error=f"cell {err.cell_index}: {err.ename}: {str(err.evalue)[:300]}")
+            failed = True
+        except Exception as err:  # noqa: BLE001 - a kernel crash must not stop the other notebooks
+            entry.update(status="failed", error=f"{type(err).__name__}: {str(err)[:300]}")
+            failed = True
+        finally:
+            entry["seconds"] = round(time.monotonic() - started, 1)
+            entry["leftover_ray_processes_killed"] = kill_leftovers()
+        run.results.append(entry)
+    (out / "run.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+    return run
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add the ``run`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The CLI's subparsers.
+    """
+    parser = subparsers.add_parser("run", help="execute every chapter notebook headless (papermill)")
+    parser.add_argument("--out", default=None, help="run folder (default verification/runs/<timestamp>/)")
+    parser.add_argument("--notebook", action="append", dest="notebooks", help="only this notebook (repeatable)")
+    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="notebook parameter; VALUE is read as JSON when it parses, else as text")
+    parser.add_argument("--stop-on-failure", action="store_true")
+    parser.set_defaults(func=_cli_run)
+
+
+def _parse_parameters(items: Sequence[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            msg = f"Parameter '{item}' has no '='. Write NAME=VALUE, e.g. -p rate_rps=8"
+            raise ConfigError(msg, field="parameter", value=item)
+        key, value = item.split("=", 1)
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def _cli_run(args: Any) -> int:
+    out = args.out
+    if out and Path(out).name == "runs":  # `make run` passes the runs folder: add a timestamp
+        out = str(Path(out) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    started = time.monotonic()
+    try:
+        run = run_lab(out, notebooks=args.notebooks, parameters=_parse_parameters(args.parameter),
+                      stop_on_failure=args.stop_on_failure)
+    except LabkitError:
+        raise
+    print(repr(run))
+    print(f"outputs: {run.out_dir} ({time.monotonic() - started:.0f} s in all)")
+    return 0 if run.ok else 1
