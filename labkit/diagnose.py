@@ -12,8 +12,10 @@ coordinator wait, engine queue, engine total) gets a *share of the excess* in th
 (running + waiting requests per replica) in the *tail window*, the moments when tail requests
 were in flight, against the whole run.
 
-Every threshold is a named field of :class:`Thresholds`; every comparison that decided the
-verdict is kept as a :class:`Check` and shown with the evidence.
+Latency numbers are of successful requests (``labkit.stats`` definitions, e.g. ``e2e`` from
+the intended send); failures show as ``error_rate`` and a note. Every threshold is a named
+field of :class:`Thresholds`; every comparison that decided the verdict is kept as a
+:class:`Check` and shown with the evidence.
 """
 
 from __future__ import annotations
@@ -501,6 +503,11 @@ def _decide(ev: dict[str, float | None], th: Thresholds, check: Any, has_tel: bo
         if ev.get("tail_pre_engine_share") is not None or ev.get(eng_key) is not None:
             pre_ok = check("tail_pre_engine_share", ">=", "pre_engine_share_min")
             if pre_ok and not (queueing or full):
+                coord = ev.get("tail_coordinator_wait_share")
+                if ev.get("engine_capacity") is None and (coord is None or coord < th.pre_engine_share_min):
+                    notes.append("The pre-engine time is not coordinator wait: it is the proxy or Serve's "
+                                 "router. If the replicas were at max_ongoing_requests, that is back-"
+                                 "pressure from full engines; pass engine_capacity to diagnose() to tell.")
                 return "coordinator_bottleneck", _why_coordinator(ev, ratio_txt, has_tel)
             if imbalanced:
                 return "load_imbalance", _why_imbalance(ev, th, ratio_txt)

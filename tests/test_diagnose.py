@@ -125,6 +125,16 @@ def test_engine_saturation_even_tail_from_server_queue_time_alone():
     assert d.evidence["engine_queue_fraction_median"] > 0.5
 
 
+def test_pre_engine_time_outside_the_coordinator_is_flagged_as_possible_backpressure():
+    recs = make_run(slow_pre_s=0.6)
+    for r in recs:
+        r.server["coordinator_wait_s"] = 0.0  # the time went to the proxy / router instead
+    d = diagnose(recs)
+    assert d.verdict == "coordinator_bottleneck"
+    assert any("back-pressure" in n for n in d.notes)
+    assert not any("pressure" in n for n in diagnose(make_run(slow_pre_s=0.6)).notes)
+
+
 def test_router_backpressure_from_full_engines_is_saturation_not_coordinator():
     # time before the engine grows, but the engines run at their capacity meanwhile
     recs = make_run(slow_pre_s=0.6)
