@@ -698,8 +698,19 @@ def list_proxies() -> list[dict[str, Any]]:
             for node_id, p in details.get("proxies", {}).items()]
 
 
+def _metric_name(line: str) -> str:
+    if line.startswith("# HELP ") or line.startswith("# TYPE "):
+        return line.split(" ", 3)[2]
+    return line.split("{", 1)[0].split(" ", 1)[0]
+
+
 def fetch_metrics(prefixes: tuple[str, ...] = ("ray_vllm", "vllm", "ray_serve")) -> dict[str, str]:
     """Read the Prometheus metrics that Ray exports on every node (vLLM's and Serve's among them).
+
+    vLLM's engine metrics arrive as ``ray_vllm_*`` (``ray_vllm_num_requests_running``,
+    ``ray_vllm_num_requests_waiting``, ``ray_vllm_time_to_first_token_seconds``...), Serve's as
+    ``ray_serve_*`` (proxy and router latency, ongoing requests). Ray exports them every few
+    seconds, so a value can lag the engine by that much.
 
     Parameters
     ----------
@@ -726,9 +737,7 @@ def fetch_metrics(prefixes: tuple[str, ...] = ("ray_vllm", "vllm", "ray_serve"))
                 text = resp.read().decode(errors="replace")
         except OSError:
             continue
-        keep = [line for line in text.splitlines()
-                if line.lstrip("# ").split(" ")[-1 if line.startswith("#") else 0].startswith(prefixes)
-                or any(line.startswith(p) or f" {p}" in line[:80] for p in prefixes)]
+        keep = [line for line in text.splitlines() if _metric_name(line).startswith(prefixes)]
         out[node["NodeID"]] = "\n".join(keep)
     return out
 

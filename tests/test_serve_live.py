@@ -93,9 +93,13 @@ def test_engine_and_serve_metrics_are_reachable(lab_deployment):
     from labkit.serve import fetch_metrics
 
     lab_deployment.complete("warm the metrics", max_tokens=4)
-    text = "\n".join(fetch_metrics().values())
+    deadline = time.monotonic() + 60  # Ray exports metrics every few seconds
+    text = ""
+    while time.monotonic() < deadline and "ray_vllm_num_requests_running" not in text:
+        time.sleep(2)
+        text = "\n".join(fetch_metrics().values())
     assert "ray_serve_" in text
-    assert "vllm" in text and "num_requests_running" in text
+    assert "ray_vllm_num_requests_running" in text and "ray_vllm_time_to_first_token_seconds" in text
 
 
 def test_gated_coordinator_in_front_of_the_same_replicas(lab_deployment):
