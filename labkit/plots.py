@@ -21,7 +21,7 @@ from typing import Any
 from labkit import stats
 from labkit.errors import ConfigError
 from labkit.load import RequestRecord
-from labkit.telemetry import TelemetrySample
+from labkit.telemetry import TelemetrySample, cpu_samples
 
 __all__ = [
     "METRIC_LABELS",
@@ -605,7 +605,7 @@ def plot_timeline(
         ax_cpu = axes[2]
         groups = sorted({(s.role, s.component_id) for s in cpu})
         for i, (role, comp) in enumerate(groups):
-            ss = [s for s in cpu if (s.role, s.component_id) == (role, comp)]
+            ss = cpu_samples(s for s in cpu if (s.role, s.component_id) == (role, comp))
             ax_cpu.plot([s.t_s - t0 for s in ss], [s.cpu_percent for s in ss],
                         color=PALETTE[i % len(PALETTE)], linestyle=_LINESTYLES[(i // len(PALETTE)) % 4],
                         linewidth=1.2, label=f"{role} {_short(comp)}")

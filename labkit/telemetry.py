@@ -45,6 +45,7 @@ __all__ = [
     "ReporterHandle",
     "TelemetryRecorder",
     "TelemetrySample",
+    "cpu_samples",
     "find_serve_processes",
     "get_collector",
     "kill_collector",
@@ -66,8 +67,10 @@ class TelemetrySample:
     ``role`` is one of :data:`ROLES`. ``running`` / ``waiting`` are the engine's running and
     waiting requests (replicas); for a coordinator ``waiting`` is the requests queued for a
     slot. ``inflight`` is the requests the component holds; ``cpu_percent`` the process CPU
-    (100 = one core, children included where the sampler says so). ``extra`` keeps any other
-    number a component reports.
+    (100 = one core). ``source`` says who took the sample: "reporter" (inside the component:
+    its own process only), "process" (:class:`ProcessSampler`: the process and its children,
+    e.g. a replica with its vLLM engine core) or "gpu" (:class:`GpuSampler`). ``extra`` keeps
+    any other number a component reports.
     """
 
     t_s: float
@@ -83,6 +86,7 @@ class TelemetrySample:
     gpu_mem_used_bytes: int | None = None
     gpu_mem_total_bytes: int | None = None
     pid: int | None = None
+    source: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -405,8 +409,8 @@ def start_reporter(
 def _reporter_sample(stats_fn: Callable[[], Mapping[str, float]], counters: dict[str, Any],
                      proc: Any, now: float, node_id: str, role: str, component_id: str,
                      pid: int) -> dict[str, Any]:
-    sample: dict[str, Any] = {"t_s": now, "wall_s": time.time(), "node_id": node_id,
-                              "role": role, "component_id": component_id, "pid": pid}
+    sample: dict[str, Any] = {"t_s": now, "wall_s": time.time(), "node_id": node_id, "role": role,
+                              "component_id": component_id, "pid": pid, "source": "reporter"}
     try:
         stats = dict(stats_fn())
     # stats_fn is the caller's code; one bad read must not stop the sampling.
@@ -621,7 +625,7 @@ class GpuSampler(_PeriodicSampler):
             out.append(TelemetrySample(t_s=t_s, wall_s=wall_s, node_id=self.node_id, role="gpu",
                                        component_id=f"gpu{index}", gpu_util_percent=float(util.gpu),
                                        gpu_mem_used_bytes=int(mem.used),
-                                       gpu_mem_total_bytes=int(mem.total)))
+                                       gpu_mem_total_bytes=int(mem.total), source="gpu"))
         return out
 
 
@@ -705,7 +709,7 @@ class ProcessSampler(_PeriodicSampler):
                 out.append(TelemetrySample(t_s=time.perf_counter(), wall_s=time.time(),
                                            node_id=target.node_id, role=target.role,
                                            component_id=target.component_id, cpu_percent=cpu,
-                                           pid=target.pid))
+                                           pid=target.pid, source="process"))
         return out
 
 
@@ -768,6 +772,28 @@ def find_serve_processes() -> list[ProcessTarget]:
 _SUMMARY_FIELDS = ("running", "waiting", "active", "inflight", "cpu_percent", "gpu_util_percent")
 
 
+def cpu_samples(samples: Iterable[TelemetrySample]) -> list[TelemetrySample]:
+    """Return the CPU samples of one component, preferring the process sampler's.
+
+    A component may be sampled twice: by its own reporter (its process only) and by a
+    :class:`ProcessSampler` (its process and children, e.g. the vLLM engine core). Mixing
+    the two would zigzag; the process sampler's view is the complete one.
+
+    Parameters
+    ----------
+    samples : iterable of TelemetrySample
+        Samples of one component.
+
+    Returns
+    -------
+    list of TelemetrySample
+        Those with ``cpu_percent``, from the process sampler when it sampled this component.
+    """
+    with_cpu = [s for s in samples if s.cpu_percent is not None and s.role != "gpu"]
+    process = [s for s in with_cpu if s.source == "process"]
+    return process or with_cpu
+
+
 def summarize_samples(
     samples: Iterable[TelemetrySample],
     *,
@@ -791,7 +817,8 @@ def summarize_samples(
     dict
         ``{component_id: {"role", "node_id", "n", "<field>_mean", "<field>_max", ...}}`` for
         running, waiting, active (running + waiting), inflight, cpu_percent and
-        gpu_util_percent, where the component reports them.
+        gpu_util_percent, where the component reports them. Where a component has CPU samples
+        from a :class:`ProcessSampler` (children included) those are used for cpu_percent.
     """
     groups: dict[str, list[TelemetrySample]] = {}
     for s in samples:
@@ -805,6 +832,8 @@ def summarize_samples(
         row: dict[str, Any] = {"role": group[0].role, "node_id": group[0].node_id, "n": len(group)}
         for name in _SUMMARY_FIELDS:
             values = [v for v in (getattr(s, name) for s in group) if v is not None]
+            if name == "cpu_percent":
+                values = [s.cpu_percent for s in cpu_samples(group)]
             if values:
                 row[f"{name}_mean"] = sum(values) / len(values)
                 row[f"{name}_max"] = max(values)
@@ -901,7 +930,11 @@ class TelemetryRecorder:
                 self.notes.append(f"No GPU samples: {self._gpu.reason}.")
         targets = self.processes
         if targets == "serve":
-            targets = find_serve_processes()
+            try:
+                targets = find_serve_processes()
+            except TelemetryError as err:  # telemetry must not stop the load run it watches
+                targets = []
+                self.notes.append(f"Serve processes not sampled: {err}")
             if not targets:
                 self.notes.append("No Serve processes found on this machine to sample.")
         if targets:
@@ -920,7 +953,8 @@ class TelemetryRecorder:
         Raises
         ------
         TelemetryError
-            The recorder was not started, or the collector could not be drained.
+            The recorder was not started. (A collector that cannot be drained only adds a
+            note: the load run that the recorder watched must not be lost to telemetry.)
         """
         if self.clock_offset_s is None or self._start_wall_s is None:
             msg = "TelemetryRecorder.stop() called before start(); use it as `with TelemetryRecorder():`."
@@ -934,7 +968,10 @@ class TelemetryRecorder:
             self.notes += self._proc.notes
         remote: list[TelemetrySample] = []
         if self.use_collector:
-            remote = self._drain()
+            try:
+                remote = self._drain()
+            except TelemetryError as err:  # keep the local samples and say what is missing
+                self.notes.append(str(err))
         offset = (self.clock_offset_s + _clock_offset()) / 2
         for s in remote:
             s.t_s = s.wall_s - offset

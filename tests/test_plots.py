@@ -216,6 +216,17 @@ def test_timeline_with_telemetry(tmp_path):
     assert_saved(fig, tmp_path, "timeline")
 
 
+def test_timeline_cpu_prefers_process_sampler_over_reporter():
+    recs = make_records()
+    tel = _telemetry(recs, gpu=False)
+    tel += [TelemetrySample(t_s=k / 2, wall_s=0.0, node_id="n", role="replica", component_id="r0",
+                            cpu_percent=150.0, source="process") for k in range(20)]
+    fig = plot_timeline(recs, tel)
+    cpu_ax = fig.axes[2]
+    line = next(ln for ln in cpu_ax.get_lines() if ln.get_label() == "replica r0")
+    assert set(line.get_ydata()) == {150.0}
+
+
 def test_timeline_without_telemetry_shows_client_inflight():
     fig = plot_timeline(make_records(), None, name="plain")
     assert len(fig.axes) == 2

@@ -17,6 +17,7 @@ from labkit.telemetry import (
     ProcessTarget,
     TelemetryRecorder,
     TelemetrySample,
+    cpu_samples,
     start_reporter,
     summarize_samples,
 )
@@ -178,6 +179,37 @@ def test_recorder_without_ray_maps_local_samples(monkeypatch):
     again = TelemetryRecorder.from_dict(rec.to_dict())
     assert again.samples == rec.samples and again.notes == rec.notes
     assert "unit" in repr(rec) and "<table>" in rec._repr_html_()
+
+
+def test_cpu_samples_prefer_the_process_sampler():
+    reporter = [_sample(t, cpu_percent=30.0, running=1) for t in range(5)]
+    for s in reporter:
+        s.source = "reporter"
+    process = [_sample(t + 0.5, cpu_percent=130.0, source="process") for t in range(5)]
+    assert cpu_samples(reporter + process) == process
+    assert cpu_samples(reporter) == reporter
+    row = summarize_samples(reporter + process)["r0"]
+    assert row["cpu_percent_mean"] == 130.0 and row["running_mean"] == 1
+
+
+def test_recorder_notes_telemetry_failures_instead_of_losing_the_run(monkeypatch):
+    import labkit.telemetry as tel
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+
+    def no_actor_table():
+        raise TelemetryError("Cannot read Ray's actor table")
+
+    def no_collector(self):
+        raise TelemetryError("Could not drain the telemetry collector")
+
+    monkeypatch.setattr(tel, "find_serve_processes", no_actor_table)
+    monkeypatch.setattr(tel.TelemetryRecorder, "_drain", no_collector)
+    with TelemetryRecorder(use_collector=True, processes="serve") as rec:
+        pass
+    text = " | ".join(rec.notes)
+    assert "actor table" in text and "Could not drain" in text and "No GPU samples" in text
+    assert rec.samples == []
 
 
 def test_recorder_rejects_unknown_processes_word():
