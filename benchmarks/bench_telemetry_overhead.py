@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from labkit.telemetry import get_collector, kill_collector
 
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)  # a private cluster, never one someone else started
         collector = get_collector(create=True)
         procs["collector"] = psutil.Process(ray.get(collector.stats.remote())["pid"])
     try:

@@ -230,7 +230,8 @@ def test_recorder_stop_before_start():
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # a private cluster, never one someone else started
     try:
         yield ray
     finally:
