@@ -20,6 +20,7 @@ field of :class:`Thresholds`; every comparison that decided the verdict is kept 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import html
 import math
@@ -269,8 +270,6 @@ def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _inside(t: float, windows: list[tuple[float, float]]) -> bool:
-    import bisect
-
     i = bisect.bisect_right(windows, (t, math.inf)) - 1
     return i >= 0 and windows[i][0] <= t <= windows[i][1]
 

@@ -274,3 +274,31 @@ def test_to_dict_repr_html_and_compare():
         compare({})
     with pytest.raises(ConfigError, match="unique"):
         compare([gated, gated])
+
+
+def test_any_record_set_gets_a_verdict_and_valid_json():
+    import json
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    timing = st.one_of(st.none(), st.floats(0, 2))
+    record = st.builds(
+        lambda i, lat, ttft, status, rep, pre, queue, total: RequestRecord(
+            request_id=str(i), scheduled_s=i * 0.1, sent_s=i * 0.1, done_s=i * 0.1 + lat,
+            first_token_s=None if ttft is None else i * 0.1 + min(ttft, lat), status=status,
+            replica_id=rep, node_id=rep,
+            server={k: v for k, v in (("client_to_replica_s", pre), ("engine_queue_s", queue),
+                                      ("engine_total_s", total)) if v is not None}),
+        st.integers(0, 500), st.floats(0, 5), timing, st.sampled_from(["ok", "ok", "ok", "error"]),
+        st.sampled_from([None, "a", "b"]), timing, timing, timing)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(record, max_size=80))
+    def check(records):
+        d = diagnose(records)
+        assert d.verdict in VERDICTS
+        json.dumps(d.to_dict(), allow_nan=False)
+        assert d.explanation
+
+    check()
