@@ -1,0 +1,128 @@
+"""JupyterLab in headless Chromium: open the load notebook, run it, see the histogram and the panel.
+
+Chromium is Debian's (``scripts/setup_browser.sh``); Playwright drives it without downloading a
+browser. The screenshot is kept under ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SMALL = {"rate_rps": 6.0, "duration_s": 6.0, "sweep_rates": [4.0], "sweep_duration_s": 4.0, "max_tokens": 12,
+         "learner_id": "browser"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("LABKIT_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium is missing: run scripts/setup_browser.sh (apt-get install chromium)")
+        pytest.skip("Chromium is not installed (scripts/setup_browser.sh)")
+    import papermill
+
+    workdir = tmp_path / "lab"
+    workdir.mkdir()
+    papermill.parameterize_notebook  # noqa: B018 - fail early if papermill lacks it
+    from papermill.iorw import load_notebook_node, write_ipynb
+    from papermill.parameterize import parameterize_notebook
+
+    book = load_notebook_node(str(ROOT / "notebooks" / "02_load_exercise.ipynb"))
+    book = parameterize_notebook(book, {**SMALL, "output_dir": str(workdir / "out")})
+    write_ipynb(book, str(workdir / "load.ipynb"))
+    port = _free_port()
+    token = secrets.token_hex(16)  # never printed or saved
+    env = {**os.environ, "JUPYTER_TOKEN": token}
+    log = open(tmp_path / "jupyter.log", "w")  # noqa: SIM115 - closed in the teardown below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--ServerApp.root_dir={workdir}", "--ServerApp.open_browser=False", "--LabApp.news_url=",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("JupyterLab did not start")
+    yield base, token, workdir
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    from labkit.cluster import kill_leftovers
+
+    kill_leftovers()
+
+
+def test_load_notebook_runs_in_jupyterlab_and_shows_histogram_and_panel(jupyter_lab):
+    from playwright.sync_api import sync_playwright
+
+    base, token, workdir = jupyter_lab
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{base}/lab/tree/load.ipynb?token={token}", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-DebuggerBugButton, .jp-KernelStatus",
+                                   timeout=90_000)
+            time.sleep(3)  # let the kernel connect
+            page.click("text=Run", timeout=30_000)
+            page.click("text=Run All Cells", timeout=30_000)
+            # The last cell stops the cluster; wait until it has an execution count.
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                done = page.evaluate(
+                    """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+                               return p.length > 0 && /\\[\\d+\\]/.test(p[p.length - 1].textContent); }""")
+                errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] "
+                                      ":text('Traceback')").count()
+                if done or errors:
+                    break
+                time.sleep(2)
+            images = page.locator(".jp-OutputArea-output img")
+            assert images.count() >= 4, "the histograms did not render"
+            panel = page.locator(".labkit-load-panel")
+            panel.first.scroll_into_view_if_needed()
+            assert panel.first.is_visible(), "the widget panel is not visible"
+            assert page.locator(".labkit-load-panel button:has-text('Run')").first.is_visible()
+            page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts / "jupyterlab-load-notebook.png"), full_page=False)
+            assert done, "the notebook did not finish within 10 minutes"
+            tracebacks = page.locator(".jp-OutputArea-output:has-text('Traceback')").count()
+            assert tracebacks == 0, "a cell raised"
+        finally:
+            page.screenshot(path=str(artifacts / "jupyterlab-last.png"))
+            browser.close()
