@@ -448,22 +448,19 @@ def plot_request_share(
         if key not in allowed:
             msg = f"Cannot share requests by {key!r}. Allowed: {list(allowed)}."
             raise ConfigError(msg, field="by", value=key)
-    ok = [r for r in _records(records) if r.status == "ok" and not r.warmup]
+    recs = _records(records)
+    total = sum(1 for r in recs if r.status == "ok" and not r.warmup)
     fig, axes = _new_figure(len(keys), figsize=(8.0, 3.2 * len(keys)))
     for ax, key in zip(axes, keys, strict=True):
-        counts: dict[str, int] = {}
-        for r in ok:
-            ident = getattr(r, key)
-            if ident is not None:
-                counts[ident] = counts.get(ident, 0) + 1
-        if not counts:
+        share = stats.share_by(recs, key)
+        if not share or set(share) == {"unknown"}:
             msg = (f"No successful request says which {key.replace('_id', '')} served it; the server "
                    f"must send the attribution headers (labkit.load.SERVER_HEADER_*).")
             raise ConfigError(msg, field="by", value=key)
-        total = sum(counts.values())
-        ids = sorted(counts)
-        shares = [counts[i] / total for i in ids]
-        jain = total**2 / (len(ids) * sum(c * c for c in counts.values()))
+        ids = list(share)
+        shares = [share[i] for i in ids]
+        counts = {i: round(share[i] * total) for i in ids}
+        jain = stats.load_balance_index(share)
         xs = range(len(ids))
         ax.bar(xs, [s * 100 for s in shares], color=[PALETTE[i % len(PALETTE)] for i in xs])
         for x, ident, share in zip(xs, ids, shares, strict=True):
