@@ -224,12 +224,7 @@ def _merge(base: Any, override: Any) -> Any:
 
 
 def _check_number(value: Any, path: str, default: Any = None) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         hint = f" (default {default})" if default is not None else ""
         msg = f"Rubric '{path}'={value!r} must be a finite number >= 0{hint}."
         raise ConfigError(msg, field=path, value=value)
@@ -370,10 +365,8 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
         item, depth = stack.pop()
         if depth > limit:
             return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
     return False
 
 
@@ -460,9 +453,7 @@ def load_log_safely(
     loaded = LoadedLog(name, data, [], digest)
     if _depth_exceeds(data, int(limits["max_depth"])):
         loaded.data = None
-        loaded.findings.append(
-            Finding("too_deep", f"Nested deeper than max_depth={limits['max_depth']}.", name)
-        )
+        loaded.findings.append(Finding("too_deep", f"Nested deeper than max_depth={limits['max_depth']}.", name))
         return loaded
     version = data.get("schema_version")
     if isinstance(version, bool) or version != SCHEMA_VERSION:
@@ -536,11 +527,16 @@ class _Table:
     cols: dict[str, list[Any]]
     n: int
     ragged: bool
+    runs: list[str] = field(default_factory=list)
+
+    def rows_of_run(self, index: int) -> list[int]:
+        """Row numbers of one run (records given as ``{run: records}``)."""
+        return [i for i, run in enumerate(self.cols["run"]) if run == index and not isinstance(run, bool)]
 
 
 def _table(data: Mapping[str, Any]) -> _Table:
     columns = _dict(_get(data, "samples.requests.columns"))
-    names = (*_TIME_COLUMNS, "timeout_s", "status", "warmup", "output_tokens", "node")
+    names = (*_TIME_COLUMNS, "timeout_s", "status", "warmup", "output_tokens", "node", "run")
     lists = {name: _list(columns.get(name)) for name in names}
     lengths = {len(v) for k, v in lists.items() if k in columns}
     n = min(lengths) if lengths else 0
@@ -548,7 +544,8 @@ def _table(data: Mapping[str, Any]) -> _Table:
     for k in names:
         if len(cols[k]) < n or k not in columns:
             cols[k] = [None] * n
-    return _Table(cols, n, len(lengths) > 1)
+    runs = [r if isinstance(r, str) else "" for r in _list(_get(data, "samples.requests.runs"))]
+    return _Table(cols, n, len(lengths) > 1, runs)
 
 
 # The metrics of labkit.stats, recomputed here from a log's columns (seconds).
@@ -578,7 +575,10 @@ def _normalize_metric(name: str) -> str:
 
 
 def recompute_metric(
-    table: _Table | Mapping[str, Any], metric: str, series: Mapping[str, Any] | None = None
+    table: _Table | Mapping[str, Any],
+    metric: str,
+    series: Mapping[str, Any] | None = None,
+    rows: Sequence[int] | None = None,
 ) -> dict[str, list[float]] | None:
     """Return a metric's raw values under each request selection labkit.stats may have used.
 
@@ -594,6 +594,8 @@ def recompute_metric(
         A :data:`labkit.stats.METRICS` name (``_s`` suffixes accepted) or a ``samples.series`` name.
     series : mapping, optional
         The log's ``samples.series``; read from the log when table is a log.
+    rows : sequence of int, optional
+        Only these requests (one run of several); all when omitted.
 
     Returns
     -------
@@ -611,27 +613,26 @@ def recompute_metric(
     key = _normalize_metric(metric)
     if key not in _SPANS and key != "tpot":
         return None
-    c, n = table.cols, table.n
+    c = table.cols
     ok = [s == "ok" for s in c["status"]]
+    chosen = range(table.n) if rows is None else rows
     out: dict[str, list[float]] = {}
     for with_warmup in (False, True):
-        rows = [i for i in range(n) if with_warmup or c["warmup"][i] is not True]
+        picked = [i for i in chosen if with_warmup or c["warmup"][i] is not True]
         tag = "+warmup" if with_warmup else ""
         if key == "tpot":
             values = []
-            for i in rows:
+            for i in picked:
                 first, last, tokens = c["first_token_s"][i], c["last_token_s"][i], _num(c["output_tokens"][i])
                 if ok[i] and first is not None and last is not None and tokens is not None and tokens >= 2:
                     values.append((last - first) / (tokens - 1))
             out["ok" + tag] = values
             continue
         start, end = (c[k] for k in _SPANS[key])
-        good = [end[i] - start[i] for i in rows if ok[i] and start[i] is not None and end[i] is not None]
+        good = [end[i] - start[i] for i in picked if ok[i] and start[i] is not None and end[i] is not None]
         out["ok" + tag] = good
         if key == "schedule_lag":
-            out["all" + tag] = [
-                end[i] - start[i] for i in rows if start[i] is not None and end[i] is not None
-            ]
+            out["all" + tag] = [end[i] - start[i] for i in picked if start[i] is not None and end[i] is not None]
             continue
         if key.startswith("ttft") and not good:
             out["with_failures" + tag] = []
@@ -639,7 +640,7 @@ def recompute_metric(
         worst = max(good) if good else None
         base = c[_SPANS[key][0]]
         values = list(good)
-        for i in rows:
+        for i in picked:
             if ok[i] or c["done_s"][i] is None or base[i] is None:
                 continue
             measured = c["done_s"][i] - base[i]
@@ -668,9 +669,7 @@ def _read_percentiles(source: Any, scale: float) -> dict[float, float]:
     """``{"p50": v, "p99.9": v}`` (or ``{"50": v}``, fractions, ``[{"q", "value"}]``) -> {q: seconds}."""
     if isinstance(source, list):
         source = {
-            str(item.get("q", item.get("percentile"))): item.get("value")
-            for item in source
-            if isinstance(item, dict)
+            str(item.get("q", item.get("percentile"))): item.get("value") for item in source if isinstance(item, dict)
         }
     if not isinstance(source, dict):
         return {}
@@ -687,21 +686,20 @@ def _read_percentiles(source: Any, scale: float) -> dict[float, float]:
     return out
 
 
-def _iter_summaries(
-    summaries: Mapping[str, Any], prefix: str = "", depth: int = 0
-) -> Iterable[tuple[str, dict]]:
-    """Yield (name, summary) for every latency summary, also inside a RunSummary's ``metrics``."""
-    for name, value in summaries.items():
+def _iter_summaries(tree: Mapping[str, Any], prefix: str = "", depth: int = 0) -> Iterable[tuple[str, dict]]:
+    """Yield (path, summary) for every latency summary anywhere under ``outputs``.
+
+    A summary is an object with a string ``metric`` and percentiles (``LatencySummary.to_dict()``,
+    also inside a ``RunSummary``), or an object of percentiles directly under a ``summaries`` key.
+    """
+    for name, value in tree.items():
         if not isinstance(value, dict):
             continue
         path = f"{prefix}{name}"
-        if (
-            isinstance(value.get("metric"), str)
-            or "percentiles" in value
-            or (depth == 0 and _read_percentiles(value, 1))
-        ):
+        has_percentiles = "percentiles" in value or "ok_percentiles" in value or bool(_read_percentiles(value, 1))
+        if has_percentiles and (isinstance(value.get("metric"), str) or prefix.endswith("summaries.")):
             yield path, value
-        elif depth < 2:
+        elif depth < 6:
             yield from _iter_summaries(value, path + ".", depth + 1)
 
 
@@ -721,11 +719,58 @@ def _matches(reported: Mapping[float, float], values: Sequence[float], tol: Mapp
     return diffs
 
 
+def _block_starts(table: _Table, order: list[int]) -> list[int]:
+    """Positions in ``order`` (non-warm-up rows by scheduled time) where a run may begin."""
+    c = table.cols
+    starts, seen_warmup = {0}, False
+    sched = [c["scheduled_s"][i] for i in order]
+    gaps = sorted(b - a for a, b in zip(sched, sched[1:], strict=False))
+    typical = gaps[len(gaps) // 2] if gaps else 0.0
+    position = {row: k for k, row in enumerate(order)}
+    for i in sorted(range(table.n), key=lambda i: c["scheduled_s"][i] or 0.0):
+        if c["warmup"][i] is True:
+            seen_warmup = True
+        elif i in position:
+            if seen_warmup:
+                starts.add(position[i])
+            seen_warmup = False
+    for k in range(1, len(sched)):
+        if sched[k] - sched[k - 1] > max(0.5, 20 * typical):
+            starts.add(k)
+    return sorted(starts)[:500]
+
+
+def _candidate_rows(table: _Table, name: str, summary: Mapping[str, Any]) -> list[tuple[str, list[int] | None]]:
+    """The request sets a summary may describe: all, its run, each run, or a block of one run."""
+    parts = set(name.split("."))
+    named = [k for k, run in enumerate(table.runs) if run and run in parts]
+    if named:
+        return [(f"run {table.runs[k]!r}", table.rows_of_run(named[0])) for k in named[:1]]
+    out: list[tuple[str, list[int] | None]] = [("all requests", None)]
+    out += [(f"run {run!r}", table.rows_of_run(k)) for k, run in enumerate(table.runs)]
+    size = _num(summary.get("requests"))
+    if not table.runs and size and 0 < size < table.n:
+        order = sorted(
+            (
+                i
+                for i in range(table.n)
+                if table.cols["warmup"][i] is not True and table.cols["scheduled_s"][i] is not None
+            ),
+            key=lambda i: table.cols["scheduled_s"][i],
+        )
+        k = int(size)
+        out += [
+            (f"requests {s}..{s + k - 1}", order[s : s + k]) for s in _block_starts(table, order) if s + k <= len(order)
+        ]
+    return out
+
+
 def _check_summaries(data: Mapping[str, Any], table: _Table, rubric: Rubric, file: str) -> list[Finding]:
     tol = rubric["tolerances"]
     series = _dict(_get(data, "samples.series"))
     findings = []
-    for name, summary in _iter_summaries(_dict(_get(data, "outputs.summaries"))):
+    for name, summary in _iter_summaries(_dict(_get(data, "outputs")), "outputs."):
+        name = name.removeprefix("outputs.")
         unit = str(summary.get("unit", "s")).lower()
         scale = 1e-3 if unit in ("ms", "millisecond", "milliseconds") else 1.0
         top = {k: v for k, v in summary.items() if k not in ("percentiles", "ok_percentiles")}
@@ -740,55 +785,66 @@ def _check_summaries(data: Mapping[str, Any], table: _Table, rubric: Rubric, fil
         if not groups:
             continue
         metric = summary.get("metric") if isinstance(summary.get("metric"), str) else name.rsplit(".", 1)[-1]
-        candidates = recompute_metric(table, metric, series)
-        if candidates is None:
+        if recompute_metric(table, metric, series, rows=[]) is None:
             findings.append(
                 Finding(
                     "summary_unverifiable",
-                    f"Summary '{name[:80]}': metric {metric[:80]!r} cannot be recomputed from the raw "
-                    "samples.",
+                    f"Summary '{name[:80]}': metric {metric[:80]!r} cannot be recomputed from the raw samples.",
                     file,
                 )
             )
             continue
-        matched_sizes: set[int] = set()
-        for group, reported in groups.items():
-            misses = {sel: _matches(reported, vals, tol) for sel, vals in candidates.items()}
-            fits = [sel for sel, diffs in misses.items() if not diffs]
-            if group == "percentiles":
-                matched_sizes = {len(candidates[sel]) for sel in fits}
-            if fits:
-                continue
-            sel = "ok" if group == "ok_percentiles" or "with_failures" not in misses else "with_failures"
-            sel = sel if sel in misses else next(iter(misses))
-            label, diff = next(iter(misses[sel].items()))
-            findings.append(
-                Finding(
-                    "percentile_mismatch",
-                    f"Summary '{name[:80]}' ({metric[:40]}): {group} {label} reported "
-                    f"{diff['reported']!r}, the "
-                    f"{len(candidates[sel])} raw samples give {diff['recomputed']!r}.",
-                    file,
-                    {"summary": name, "group": group, "selection": sel, "differences": misses[sel]},
-                )
-            )
         count = _num(summary.get("count"))
-        if count is not None and matched_sizes and int(count) not in matched_sizes:
+        first_miss: dict[str, Any] | None = None
+        for label, rows in _candidate_rows(table, name, summary):
+            candidates = recompute_metric(table, metric, series, rows=rows) or {}
+            misses = {}
+            for group, reported in groups.items():
+                per_selection = {sel: _matches(reported, vals, tol) for sel, vals in candidates.items()}
+                fits = [sel for sel, diffs in per_selection.items() if not diffs]
+                if not fits:
+                    sel = "ok" if group == "ok_percentiles" else "with_failures"
+                    sel = sel if sel in per_selection else next(iter(per_selection))
+                    misses[group] = (sel, len(candidates[sel]), per_selection[sel])
+                elif group == "percentiles" and count is not None:
+                    sizes = {len(candidates[sel]) for sel in fits}
+                    if int(count) not in sizes:
+                        misses["count"] = (fits[0], len(candidates[fits[0]]), {})
+            if not misses:
+                first_miss = None
+                break
+            if first_miss is None:
+                first_miss = {"rows": label, "misses": misses}
+        if first_miss is None:
+            continue
+        misses = first_miss["misses"]
+        if set(misses) == {"count"}:
             findings.append(
                 Finding(
                     "count_mismatch",
                     f"Summary '{name[:80]}' says count={count:g}; its percentiles fit "
-                    f"{sorted(matched_sizes)} raw samples.",
+                    f"{misses['count'][1]} raw samples.",
                     file,
                     {"count": count},
                 )
             )
+            continue
+        group = "percentiles" if "percentiles" in misses else "ok_percentiles"
+        sel, size, diffs = misses[group]
+        label, diff = next(iter(diffs.items()))
+        findings.append(
+            Finding(
+                "percentile_mismatch",
+                f"Summary '{name[:80]}' ({metric[:40]}): {group} {label} reported {diff['reported']!r}; "
+                f"the {size} raw samples ({first_miss['rows']}) give {diff['recomputed']!r}.",
+                file,
+                {"summary": name, "group": group, "rows": first_miss["rows"], "differences": diffs},
+            )
+        )
     return findings
 
 
-def _check_times(
-    data: Mapping[str, Any], table: _Table, rubric: Rubric, file: str, now: dt.datetime
-) -> list[Finding]:
+def _check_times(data: Mapping[str, Any], table: _Table, rubric: Rubric, file: str, now: dt.datetime) -> list[Finding]:
     tol = rubric["tolerances"]
     findings = []
     started, finished = _time(_get(data, "timing.started_at")), _time(_get(data, "timing.finished_at"))
@@ -796,9 +852,7 @@ def _check_times(
         return [Finding("bad_timestamp", "timing.started_at / finished_at are not UTC ISO 8601 times.", file)]
     run_s = (finished - started).total_seconds()
     if run_s < 0:
-        findings.append(
-            Finding("timestamps_out_of_order", f"finished_at is {-run_s:.3f} s before started_at.", file)
-        )
+        findings.append(Finding("timestamps_out_of_order", f"finished_at is {-run_s:.3f} s before started_at.", file))
     duration = _num(_get(data, "timing.duration_s"))
     if duration is None or abs(duration - run_s) > tol["duration_abs_s"]:
         findings.append(
@@ -859,9 +913,7 @@ def _check_times(
 
 
 def _hardware_gpus(data: Mapping[str, Any]) -> tuple[list[str], int]:
-    names = [
-        str(g.get("name", "")) for g in _list(_get(data, "environment.hardware.gpus")) if isinstance(g, dict)
-    ]
+    names = [str(g.get("name", "")) for g in _list(_get(data, "environment.hardware.gpus")) if isinstance(g, dict)]
     cluster = sum(_num(_get(n, "resources.GPU")) or 0 for n in _list(_get(data, "cluster.nodes")))
     return names, max(len(names), int(cluster))
 
@@ -896,9 +948,7 @@ def _check_plausibility(data: Mapping[str, Any], table: _Table, rubric: Rubric, 
         )
     claimed = _num(_get(data, "constraints.memory_available_bytes"))
     total = _num(_get(data, "environment.hardware.memory_total_bytes"))
-    cluster_mem = sum(
-        _num(_get(n, "resources.memory_bytes")) or 0 for n in _list(_get(data, "cluster.nodes"))
-    )
+    cluster_mem = sum(_num(_get(n, "resources.memory_bytes")) or 0 for n in _list(_get(data, "cluster.nodes")))
     if claimed is not None and total is not None and claimed > 1.01 * max(total, cluster_mem):
         findings.append(
             Finding(
@@ -966,9 +1016,7 @@ def _check_completeness(
         missing.append("learner_id")
     if missing:
         findings.append(
-            Finding(
-                "missing_fields", f"Empty or absent: {', '.join(missing)[:400]}.", file, {"fields": missing}
-            )
+            Finding("missing_fields", f"Empty or absent: {', '.join(missing)[:400]}.", file, {"fields": missing})
         )
     exercise = _get(data, "exercise")
     rule = rubric.exercise_rule(exercise if isinstance(exercise, str) else "")
@@ -979,12 +1027,10 @@ def _check_completeness(
         passed += 1
     else:
         findings.append(
-            Finding(
-                "too_few_samples", f"{n} raw samples; the exercise needs {rule.get('min_samples')}.", file
-            )
+            Finding("too_few_samples", f"{n} raw samples; the exercise needs {rule.get('min_samples')}.", file)
         )
     have = set()
-    for name, summary in _iter_summaries(_dict(_get(data, "outputs.summaries"))):
+    for name, summary in _iter_summaries(_dict(_get(data, "outputs")), "outputs."):
         have.add(_normalize_metric(name.rsplit(".", 1)[-1]))
         metric = _get(summary, "metric")
         if isinstance(metric, str):
@@ -1043,8 +1089,7 @@ def assess_log(
         findings.append(
             Finding(
                 "columns_ragged",
-                "samples.requests.columns have different lengths; only the "
-                f"first {table.n} rows were checked.",
+                f"samples.requests.columns have different lengths; only the first {table.n} rows were checked.",
                 file,
             )
         )
@@ -1078,9 +1123,7 @@ def assess_log(
 def _sample_keys(data: Mapping[str, Any]) -> set[tuple[int, int]]:
     c = _table(data).cols
     keys = set()
-    for status, sent, first, done in zip(
-        c["status"], c["sent_s"], c["first_token_s"], c["done_s"], strict=False
-    ):
+    for status, sent, first, done in zip(c["status"], c["sent_s"], c["first_token_s"], c["done_s"], strict=False):
         if status == "ok" and sent is not None and done is not None:
             ttft = -1 if first is None else round((first - sent) * 1e6)
             keys.add((round((done - sent) * 1e6), ttft))
@@ -1089,9 +1132,7 @@ def _sample_keys(data: Mapping[str, Any]) -> set[tuple[int, int]]:
 
 def _cross_checks(logs: Sequence[LoadedLog], rubric: Rubric) -> dict[int, list[Finding]]:
     extra: dict[int, list[Finding]] = defaultdict(list)
-    usable = [
-        (i, log) for i, log in enumerate(logs) if log.data is not None and not log.data.get("_unusable")
-    ]
+    usable = [(i, log) for i, log in enumerate(logs) if log.data is not None and not log.data.get("_unusable")]
     groups: dict[str, list[int]] = defaultdict(list)
     for i, log in usable:
         # Raw samples compared without their wall-clock anchor, which a copier can re-date.
@@ -1110,9 +1151,7 @@ def _cross_checks(logs: Sequence[LoadedLog], rubric: Rubric) -> dict[int, list[F
         if len(learners) < 2:
             continue
         for i in members:
-            others = sorted(
-                {logs[j].identity[0] for j in members if logs[j].identity[0] != logs[i].identity[0]}
-            )
+            others = sorted({logs[j].identity[0] for j in members if logs[j].identity[0] != logs[i].identity[0]})
             identical_pairs.update((i, j) for j in members)
             extra[i].append(
                 Finding(
@@ -1265,8 +1304,7 @@ class Gradebook:
                     cells.append(
                         "<td>"
                         + " ".join(
-                            f"<abbr title='{html.escape(FINDING_CODES[c][2], quote=True)}'>"
-                            f"{html.escape(c)}</abbr>"
+                            f"<abbr title='{html.escape(FINDING_CODES[c][2], quote=True)}'>{html.escape(c)}</abbr>"
                             for c in value
                         )
                         + "</td>"
@@ -1331,6 +1369,8 @@ its meaning; the glossary below lists penalties and caps.</p>
     def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``gradebook.csv``, ``findings.csv`` and ``report.html`` into a folder.
 
+        The folder is marked so that grading a folder that contains it skips it.
+
         Parameters
         ----------
         out_dir : str or path
@@ -1354,9 +1394,8 @@ its meaning; the glossary below lists penalties and caps.</p>
         }
         try:
             out.mkdir(parents=True, exist_ok=True)
-            with paths["gradebook"].open(
-                "w", newline="", encoding="utf-8", errors="backslashreplace"
-            ) as handle:
+            (out / _OUTPUT_MARKER).write_text("Written by labkit grade; skipped when grading.\n", encoding="utf-8")
+            with paths["gradebook"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(_CSV_COLUMNS)
                 for r in self.rows:
@@ -1366,15 +1405,11 @@ its meaning; the glossary below lists penalties and caps.</p>
                         d[k] = round(d[k], 3)
                     d["score"] = round(d["score"], 1)
                     writer.writerow([_csv_safe(d[c]) for c in _CSV_COLUMNS])
-            with paths["findings"].open(
-                "w", newline="", encoding="utf-8", errors="backslashreplace"
-            ) as handle:
+            with paths["findings"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(("file", "severity", "category", "code", "message"))
                 for f in self.findings:
-                    writer.writerow(
-                        [_csv_safe(x) for x in (f.file, f.severity, f.category, f.code, f.message)]
-                    )
+                    writer.writerow([_csv_safe(x) for x in (f.file, f.severity, f.category, f.code, f.message)])
             paths["report"].write_text(self.to_html(), encoding="utf-8", errors="backslashreplace")
         except OSError as err:
             msg = f"Cannot write the gradebook to '{out}': {err}. Pick a writable --out folder."
@@ -1382,11 +1417,15 @@ its meaning; the glossary below lists penalties and caps.</p>
         return paths
 
 
+_OUTPUT_MARKER = ".labkit-gradebook"
+
+
 def _discover(root: Path, rubric: Rubric) -> tuple[list[Path], list[Finding]]:
     candidates, notes = [], []
     limit = int(rubric["limits"]["max_files"])
     for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs.sort()
+        # Our own gradebook folders (marked when written) are outputs, not submissions.
+        dirs[:] = sorted(d for d in dirs if not os.path.isfile(os.path.join(folder, d, _OUTPUT_MARKER)))
         for name in sorted(files) + sorted(d for d in dirs if os.path.islink(os.path.join(folder, d))):
             path = Path(folder) / name
             rel = path.relative_to(root).as_posix()
@@ -1399,9 +1438,7 @@ def _discover(root: Path, rubric: Rubric) -> tuple[list[Path], list[Finding]]:
     return candidates, notes
 
 
-def _grade_loaded(
-    logs: Sequence[LoadedLog], rubric: Rubric, now: dt.datetime
-) -> tuple[list[GradeRow], list[Finding]]:
+def _grade_loaded(logs: Sequence[LoadedLog], rubric: Rubric, now: dt.datetime) -> tuple[list[GradeRow], list[Finding]]:
     cross = _cross_checks(logs, rubric)
     weights = {k: float(rubric["weights"].get(k, 0.0)) for k in _CATEGORIES}
     graded = []
@@ -1418,14 +1455,8 @@ def _grade_loaded(
         findings += cross.get(i, [])
         for f in cross.get(i, []):
             scores["consistency"] = max(0.0, scores["consistency"] - rubric["penalties"].get(f.code, 0.0))
-        unusable = (
-            log.data is None or log.data.get("_unusable") or any(f.code == "grader_error" for f in findings)
-        )
-        score = (
-            0.0
-            if unusable
-            else 100 * sum(weights[k] * scores[k] for k in _CATEGORIES) / sum(weights.values())
-        )
+        unusable = log.data is None or log.data.get("_unusable") or any(f.code == "grader_error" for f in findings)
+        score = 0.0 if unusable else 100 * sum(weights[k] * scores[k] for k in _CATEGORIES) / sum(weights.values())
         for f in findings:
             if f.code in rubric["caps"]:
                 score = min(score, float(rubric["caps"][f.code]))
@@ -1552,7 +1583,7 @@ def verify_logs(
 
 def _cmd_grade(args: Any) -> int:
     book = grade_directory(args.directory, rubric=args.rubric)
-    paths = book.write(args.out)
+    paths = book.write(args.out if args.out else Path(args.directory) / "gradebook")
     flagged = sum(1 for r in book.rows if r.flags)
     print(f"Graded {len(book.rows)} learner/exercise rows from {book.source}: {flagged} flagged.")
     for kind, p in paths.items():
@@ -1570,6 +1601,6 @@ def register_cli(subparsers: Any) -> None:
     """
     grade = subparsers.add_parser("grade", help="grade a folder of verification logs (CSV + HTML report)")
     grade.add_argument("directory", metavar="DIR", help="folder of verification logs")
-    grade.add_argument("--out", default="gradebook", help="output folder (default: ./gradebook)")
+    grade.add_argument("--out", default=None, help="output folder (default: DIR/gradebook, skipped when grading)")
     grade.add_argument("--rubric", default=None, help="rubric JSON (default: verification/rubric.json)")
     grade.set_defaults(func=_cmd_grade)

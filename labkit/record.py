@@ -165,9 +165,7 @@ def _redact_string(text: str, secrets: Sequence[str]) -> str:
             text = text.replace(value, REDACTED)
     text = _SECRET_VALUE.sub(REDACTED, text)
     text = _URL_USERINFO.sub(REDACTED + "@", text)
-    return _ASSIGNMENT.sub(
-        lambda m: f"{m.group(1)}={REDACTED}" if is_secret_name(m.group(1)) else m.group(0), text
-    )
+    return _ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}" if is_secret_name(m.group(1)) else m.group(0), text)
 
 
 def redact(data: Any, *, environ: Mapping[str, str] | None = None) -> tuple[Any, list[str]]:
@@ -346,6 +344,11 @@ def load_schema() -> dict[str, Any]:
         raise RecordError(msg, path=str(path)) from None
 
 
+@functools.lru_cache(maxsize=1)
+def _validator(cls: Any) -> Any:
+    return cls(load_schema())
+
+
 def validate_log(data: Any, *, max_errors: int = 20) -> list[str]:
     """Validate a log against the schema and return the problems found.
 
@@ -373,7 +376,7 @@ def validate_log(data: Any, *, max_errors: int = 20) -> list[str]:
 
         msg = "Validating verification logs needs jsonschema. Run pip install jsonschema."
         raise MissingDependencyError(msg) from None
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = _validator(jsonschema.Draft202012Validator)
     problems = []
     for error in validator.iter_errors(data):
         where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
@@ -653,9 +656,7 @@ def _parse_injected_cell(source: str) -> dict[str, Any] | None:
         return None
     params: dict[str, Any] = {}
     for node in tree.body:
-        if not (
-            isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-        ):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             return None
         try:
             params[node.targets[0].id] = ast.literal_eval(node.value)  # literals only, never eval
@@ -669,13 +670,7 @@ def _assigned_names(source: str) -> set[str]:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return set()
-    return {
-        t.id
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        for t in node.targets
-        if isinstance(t, ast.Name)
-    }
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
 
 
 def detect_papermill(history: Sequence[str] | None = None) -> dict[str, Any]:
@@ -916,7 +911,10 @@ _TIME_FIELDS = ("scheduled_s", "sent_s", "first_token_s", "last_token_s", "done_
 
 
 def compact_records(
-    records: Iterable[Any], *, now_wall_s: float | None = None, now_clock_s: float | None = None
+    records: Iterable[Any] | Mapping[str, Iterable[Any]],
+    *,
+    now_wall_s: float | None = None,
+    now_clock_s: float | None = None,
 ) -> dict[str, Any]:
     """Turn request records into the log's compact column form.
 
@@ -925,8 +923,10 @@ def compact_records(
 
     Parameters
     ----------
-    records : iterable of RequestRecord or dict
-        :class:`labkit.load.RequestRecord` objects (or their ``to_dict()``).
+    records : iterable of RequestRecord or dict, or mapping of run name to those
+        :class:`labkit.load.RequestRecord` objects (or their ``to_dict()``). Records of several
+        runs should come as ``{run_name: records}``: the run of each request is kept, so the
+        grader checks each run's summary against that run's samples.
     now_wall_s, now_clock_s : float, optional
         A simultaneous reading of ``time.time()`` and ``time.perf_counter()``, to estimate the
         wall-clock time of the first request (``t0_wall``); read now when omitted.
@@ -934,11 +934,19 @@ def compact_records(
     Returns
     -------
     dict
-        ``count``, ``clock``, ``t0_wall``, ``columns``, ``nodes``, ``replicas``.
+        ``count``, ``clock``, ``t0_wall``, ``columns``, ``nodes``, ``replicas``, ``runs``.
     """
     from labkit.load import RequestRecord
 
-    rows = [r if isinstance(r, RequestRecord) else RequestRecord.from_dict(dict(r)) for r in records]
+    groups = records.items() if isinstance(records, Mapping) else [(None, records)]
+    runs: list[str] = []
+    rows, run_of = [], []
+    for name, group in groups:
+        if name is not None:
+            runs.append(str(name))
+        for r in group:
+            rows.append(r if isinstance(r, RequestRecord) else RequestRecord.from_dict(dict(r)))
+            run_of.append(None if name is None else len(runs) - 1)
     columns: dict[str, list[Any]] = {
         name: []
         for name in (
@@ -950,13 +958,15 @@ def compact_records(
             "output_tokens",
             "node",
             "replica",
+            "run",
         )
     }
     nodes: dict[str, int] = {}
     replicas: dict[str, int] = {}
     starts = [r.scheduled_s for r in rows if _number(r.scheduled_s) is not None]
     t0 = min(starts) if starts else 0.0
-    for r in rows:
+    for r, run in zip(rows, run_of, strict=True):
+        columns["run"].append(run)
         for name in _TIME_FIELDS:
             value = _number(getattr(r, name))
             columns[name].append(None if value is None else round(value - t0, 6))
@@ -983,6 +993,7 @@ def compact_records(
         "columns": columns,
         "nodes": list(nodes),
         "replicas": list(replicas),
+        "runs": runs,
     }
 
 
@@ -1078,7 +1089,7 @@ def build_log(
     learner_id: str | None = None,
     cluster: Any = None,
     model: str | os.PathLike[str] | None = None,
-    records: Iterable[Any] | None = None,
+    records: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
     samples: Mapping[str, Sequence[float]] | None = None,
     started_at: str | float | dt.datetime | None = None,
     finished_at: str | float | dt.datetime | None = None,
@@ -1267,9 +1278,7 @@ class VerificationLog:
         target = Path(path).expanduser() if path is not None else default_runs_dir()
         if target.suffix != ".json":
             stamp = self._data["timing"]["finished_at"][:19].replace("-", "").replace(":", "")
-            name = (
-                f"{_slug(self.exercise)}--{_slug(self.learner_id)}--{stamp}Z--{self._data['log_id'][:8]}.json"
-            )
+            name = f"{_slug(self.exercise)}--{_slug(self.learner_id)}--{stamp}Z--{self._data['log_id'][:8]}.json"
             target = target / name
         text = json.dumps(self._data, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
         try:
@@ -1330,9 +1339,7 @@ class VerificationLog:
         return cls(data, file)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, VerificationLog) and canonical_json(self._data) == canonical_json(
-            other._data
-        )
+        return isinstance(other, VerificationLog) and canonical_json(self._data) == canonical_json(other._data)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -1403,8 +1410,10 @@ def checkpoint(
         See :func:`describe_cluster`.
     model : str or path, optional
         Model directory or Hub id; see :func:`describe_model`.
-    records : iterable of RequestRecord, optional
-        The raw per-request samples the summaries come from.
+    records : iterable of RequestRecord, or mapping of run name to them, optional
+        The raw per-request samples the summaries come from. Pass ``{run_name: records}``
+        when the log holds several runs, so each run's summary is checked against its own
+        requests.
     samples : mapping of str to sequence of float, optional
         Other raw series (seconds) by name.
     runs_dir : str or path, optional
