@@ -61,7 +61,7 @@ FINDING_CODES: dict[str, tuple[str, str, str]] = {
     "not_an_object": ("input", "error", "The JSON is not an object, so it is not a verification log."),
     "too_deep": ("input", "error", "Nested deeper than the rubric's max_depth."),
     "unsupported_schema_version": ("input", "error", "schema_version missing or not one this grader knows."),
-    "ignored_file": ("input", "info", "Not a .json file; listed, not graded."),
+    "ignored_file": ("input", "info", "Not a verification log (another file type or JSON); listed, not graded."),
     "too_many_files": ("input", "warning", "More files than the rubric's max_files; the rest were skipped."),
     "schema_invalid": ("consistency", "error", "Fields missing or of the wrong type for the schema."),
     "hash_missing": ("consistency", "error", "No integrity hash: the log was not written by labkit.record."),
@@ -456,6 +456,10 @@ def load_log_safely(
         loaded.findings.append(Finding("too_deep", f"Nested deeper than max_depth={limits['max_depth']}.", name))
         return loaded
     version = data.get("schema_version")
+    if version is None and not {"learner_id", "exercise", "log_id", "integrity"} & data.keys():
+        loaded.data = None  # another JSON file (run.json, a config): listed, not graded
+        loaded.findings.append(Finding("ignored_file", "JSON, but not a verification log (no schema_version).", name))
+        return loaded
     if isinstance(version, bool) or version != SCHEMA_VERSION:
         loaded.findings.append(
             Finding(
@@ -1369,7 +1373,7 @@ its meaning; the glossary below lists penalties and caps.</p>
     def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``gradebook.csv``, ``findings.csv`` and ``report.html`` into a folder.
 
-        The folder is marked so that grading a folder that contains it skips it.
+        Grading a folder later skips these three files.
 
         Parameters
         ----------
@@ -1394,7 +1398,6 @@ its meaning; the glossary below lists penalties and caps.</p>
         }
         try:
             out.mkdir(parents=True, exist_ok=True)
-            (out / _OUTPUT_MARKER).write_text("Written by labkit grade; skipped when grading.\n", encoding="utf-8")
             with paths["gradebook"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(_CSV_COLUMNS)
@@ -1417,18 +1420,19 @@ its meaning; the glossary below lists penalties and caps.</p>
         return paths
 
 
-_OUTPUT_MARKER = ".labkit-gradebook"
+_OUTPUTS = frozenset({"gradebook.csv", "findings.csv", "report.html"})  # what Gradebook.write makes
 
 
 def _discover(root: Path, rubric: Rubric) -> tuple[list[Path], list[Finding]]:
     candidates, notes = [], []
     limit = int(rubric["limits"]["max_files"])
     for folder, dirs, files in os.walk(root, followlinks=False):
-        # Our own gradebook folders (marked when written) are outputs, not submissions.
-        dirs[:] = sorted(d for d in dirs if not os.path.isfile(os.path.join(folder, d, _OUTPUT_MARKER)))
+        dirs.sort()
         for name in sorted(files) + sorted(d for d in dirs if os.path.islink(os.path.join(folder, d))):
             path = Path(folder) / name
             rel = path.relative_to(root).as_posix()
+            if name in _OUTPUTS:
+                continue  # a gradebook written here earlier is output, not a submission
             if not name.lower().endswith(".json") or name.startswith("."):
                 notes.append(Finding("ignored_file", "Not a verification log (.json); not graded.", rel))
             elif len(candidates) >= limit:
@@ -1601,6 +1605,6 @@ def register_cli(subparsers: Any) -> None:
     """
     grade = subparsers.add_parser("grade", help="grade a folder of verification logs (CSV + HTML report)")
     grade.add_argument("directory", metavar="DIR", help="folder of verification logs")
-    grade.add_argument("--out", default=None, help="output folder (default: DIR/gradebook, skipped when grading)")
+    grade.add_argument("--out", default=None, help="output folder (default: DIR/gradebook)")
     grade.add_argument("--rubric", default=None, help="rubric JSON (default: verification/rubric.json)")
     grade.set_defaults(func=_cmd_grade)

@@ -203,6 +203,7 @@ def test_the_grader_never_executes_anything_from_a_log(tmp_path: Path) -> None:
         (b'{"schema_version": 2}', "unsupported_schema_version"),
         (b'{"schema_version": true}', "unsupported_schema_version"),
         (b'{"learner_id": "x"}', "unsupported_schema_version"),
+        (b'{"out_dir": "runs/1", "ok": true}', "ignored_file"),  # labkit run's run.json: not a log
     ],
 )
 def test_bad_input_is_a_finding(payload: bytes, code: str, tmp_path: Path) -> None:
@@ -518,12 +519,15 @@ def test_the_instructor_readme_explains_every_flag() -> None:
     assert [code for code in grade.FINDING_CODES if f"`{code}`" not in text] == []
 
 
-def test_default_output_folder_is_skipped_when_grading_again(tmp_path: Path) -> None:
+def test_gradebook_files_are_skipped_when_grading_again(tmp_path: Path) -> None:
     shutil.copytree(REFERENCE / "good", tmp_path / "logs")
     assert main(["grade", str(tmp_path / "logs")]) == 0
     assert (tmp_path / "logs" / "gradebook" / "gradebook.csv").exists()
+    grade_directory(tmp_path / "logs", now=NOW).write(tmp_path / "logs")  # as in a labkit run folder
+    write(tmp_path / "logs", "run.json", {"out_dir": "x", "ok": True, "results": []})
     book = grade_directory(tmp_path / "logs", now=NOW)
-    assert [f.file for f in book.findings if f.code == "ignored_file"] == []
+    assert [f.file for f in book.findings if f.code == "ignored_file"] == ["run.json"]
+    assert [r.learner_id for r in book.rows] == ["alice", "bob", "carol"]
 
 
 def test_grading_notebook_runs_headless(tmp_path: Path) -> None:
@@ -542,5 +546,5 @@ def test_grading_notebook_runs_headless(tmp_path: Path) -> None:
         progress_bar=False,
         kernel_name="python3",
     )
-    rows = list(csv.DictReader((tmp_path / "gradebook" / "gradebook.csv").open(encoding="utf-8")))
+    rows = list(csv.DictReader((tmp_path / "gradebook.csv").open(encoding="utf-8")))  # where labkit run looks
     assert {"alice", "dave", "mallory"} <= {r["learner_id"] for r in rows}
