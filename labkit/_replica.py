@@ -150,38 +150,6 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-class _EngineStats:
-    """What the replica knows about its engine, updated by vLLM's stat-logger hook."""
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.waiting = 0
-        self.kv_cache_usage = 0.0
-        self.inflight = 0
-        self.updated_wall_s = 0.0
-
-
-def _stat_logger_factory(stats: _EngineStats) -> Any:
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class LabkitStatLogger(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self.engine_index = engine_index
-
-        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
-                   engine_idx: int = 0) -> None:
-            if scheduler_stats is not None:
-                stats.running = scheduler_stats.num_running_reqs
-                stats.waiting = scheduler_stats.num_waiting_reqs
-                stats.kv_cache_usage = scheduler_stats.kv_cache_usage
-                stats.updated_wall_s = time.time()
-
-        def log_engine_initialized(self) -> None:
-            return None
-
-    return LabkitStatLogger
-
-
 class LLMServer:
     """One Serve replica: a vLLM ``AsyncLLM`` engine behind an OpenAI-compatible API."""
 
@@ -197,9 +165,12 @@ class LLMServer:
         self.node_id = ray.get_runtime_context().get_node_id()
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id if context else uuid.uuid4().hex[:8]
-        self.stats = _EngineStats()
+        from labkit.telemetry import EngineActivity
+
+        self.activity = EngineActivity()  # running / waiting, from vLLM's scheduler stats
+        self.inflight = 0
         args = AsyncEngineArgs(**settings["engine_args"])
-        loggers = [_stat_logger_factory(self.stats), RayPrometheusStatLogger]
+        loggers = [self.activity.stat_logger_factory(), RayPrometheusStatLogger]
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
         self.tokenizer = None
         self._reporter = None
@@ -215,7 +186,7 @@ class LLMServer:
 
     def engine_stats(self) -> dict[str, Any]:
         """Return running / waiting / in-flight requests of this replica's engine."""
-        return {"running": self.stats.running, "waiting": self.stats.waiting, "inflight": self.stats.inflight}
+        return {**self.activity.stats(), "inflight": self.inflight}
 
     async def _prompt_for(self, req: dict[str, Any]) -> str:
         if "prompt" in req:
@@ -282,7 +253,7 @@ class LLMServer:
                                 output_kind=RequestOutputKind.DELTA)
         created = int(time.time())
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        self.stats.inflight += 1
+        self.inflight += 1
         submit = time.perf_counter()
         timings["replica_wait_s"] = submit - arrival
         first: float | None = None
@@ -330,7 +301,7 @@ class LLMServer:
                 yield json.dumps({"error": {"message": f"engine failed: {err!r}", "type": "server_error"}}).encode()
             return
         finally:
-            self.stats.inflight -= 1
+            self.inflight -= 1
         done = time.perf_counter()
         if first is not None:
             timings["engine_ttft_s"] = first - submit

@@ -30,6 +30,7 @@ __all__ = [
     "connect_cluster",
     "find_ray_processes",
     "kill_leftovers",
+    "list_session_dirs",
     "register_cli",
     "start_cluster",
 ]
@@ -171,8 +172,10 @@ class ClusterHandle:
     Use it as a context manager, or call :meth:`stop`.
     """
 
-    def __init__(self, *, address: str, embedded: bool, config: ClusterConfig | None, cluster: Any = None) -> None:
+    def __init__(self, *, address: str, embedded: bool, config: ClusterConfig | None, cluster: Any = None,
+                 temp_dir: str | None = None) -> None:
         self.address = address
+        self.temp_dir = temp_dir
         self.embedded = embedded
         self.config = config
         self._cluster = cluster
@@ -276,9 +279,15 @@ class ClusterHandle:
             self._cluster.shutdown()
             _wait_for_no_processes(self._session_marker(), timeout_s=15.0)
         _ACTIVE.discard(self)
+        if self.temp_dir:
+            import shutil
+
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _session_marker(self) -> str:
-        return _temp_root(self.config)
+        # Each embedded cluster has its own folder under the kit's root, so stopping one cluster
+        # never touches another one running on the same machine.
+        return self.temp_dir or _temp_root(self.config)
 
     def __enter__(self) -> ClusterHandle:
         return self
@@ -413,7 +422,9 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
     if ray.is_initialized():
         msg = "This process is already connected to a Ray cluster. Stop it first (handle.stop() or ray.shutdown())."
         raise ClusterError(msg)
-    temp_root = _temp_root(config)
+    import uuid
+
+    temp_root = os.path.join(_temp_root(config), uuid.uuid4().hex[:8])
     os.makedirs(temp_root, exist_ok=True)
     # Each node's resources: a node-name resource (pin things to a node) and a label.
     head_args: dict[str, Any] = {
@@ -448,7 +459,8 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 args["env_vars"] = {"CUDA_VISIBLE_DEVICES": devices}
             cluster.add_node(**args)
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-        handle = ClusterHandle(address=cluster.address, embedded=True, config=config, cluster=cluster)
+        handle = ClusterHandle(address=cluster.address, embedded=True, config=config, cluster=cluster,
+                               temp_dir=temp_root)
         _ACTIVE.add(handle)
         _wait_for_nodes(config.num_nodes, config.start_timeout_s)
     except BaseException as err:
@@ -591,3 +603,18 @@ def kill_leftovers(marker: str | None = None) -> int:
         except psutil.NoSuchProcess:
             continue
     return len(found)
+
+
+def list_session_dirs() -> set[str]:
+    """Return the folders of the kit's embedded clusters on this machine (one per cluster).
+
+    Returns
+    -------
+    set of str
+        Absolute paths under the kit's Ray root (``$TMPDIR/labkit-ray``).
+    """
+    root = _temp_root(None)
+    try:
+        return {os.path.join(root, name) for name in os.listdir(root)}
+    except FileNotFoundError:
+        return set()

@@ -90,7 +90,7 @@ def run_lab(out_dir: str | Path | None = None, *, notebooks: Sequence[str] | Non
     """
     import papermill  # heavy; only for runs
 
-    from labkit.cluster import kill_leftovers
+    from labkit.cluster import kill_leftovers, list_session_dirs
 
     source = _repo_root() / "notebooks"
     names = list(notebooks or NOTEBOOKS)
@@ -109,6 +109,7 @@ def run_lab(out_dir: str | Path | None = None, *, notebooks: Sequence[str] | Non
             continue
         params = {**(parameters or {}), **((per_notebook or {}).get(name, {})), "output_dir": str(out)}
         started = time.monotonic()
+        before = list_session_dirs()
         entry: dict[str, Any] = {"notebook": name}
         try:
             papermill.execute_notebook(str(source / name), str(out / name), parameters=params, cwd=str(source),
@@ -123,7 +124,8 @@ def run_lab(out_dir: str | Path | None = None, *, notebooks: Sequence[str] | Non
             failed = True
         finally:
             entry["seconds"] = round(time.monotonic() - started, 1)
-            entry["leftover_ray_processes_killed"] = kill_leftovers()
+            # Only clusters this notebook started: never another one running on the machine.
+            entry["leftover_ray_processes_killed"] = sum(kill_leftovers(d) for d in list_session_dirs() - before)
         run.results.append(entry)
     (out / "run.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n")
     return run

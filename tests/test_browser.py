@@ -49,6 +49,9 @@ def jupyter_lab(tmp_path):
     book = load_notebook_node(str(ROOT / "notebooks" / "02_load_exercise.ipynb"))
     book = parameterize_notebook(book, {**SMALL, "output_dir": str(workdir / "out")})
     write_ipynb(book, str(workdir / "load.ipynb"))
+    from labkit.cluster import kill_leftovers, list_session_dirs
+
+    before = list_session_dirs()
     port = _free_port()
     token = secrets.token_hex(16)  # never printed or saved
     env = {**os.environ, "JUPYTER_TOKEN": token}
@@ -76,9 +79,8 @@ def jupyter_lab(tmp_path):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
-    from labkit.cluster import kill_leftovers
-
-    kill_leftovers()
+    for folder in list_session_dirs() - before:  # only clusters the notebook started
+        kill_leftovers(folder)
 
 
 def test_load_notebook_runs_in_jupyterlab_and_shows_histogram_and_panel(jupyter_lab):

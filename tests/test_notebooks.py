@@ -16,10 +16,11 @@ SMALL = {
 
 
 def test_labkit_run_executes_every_notebook(tmp_path):
-    from labkit.cluster import find_ray_processes
+    from labkit.cluster import find_ray_processes, list_session_dirs
     from labkit.record import VerificationLog
     from labkit.run import NOTEBOOKS, run_lab
 
+    before = list_session_dirs()
     run = run_lab(tmp_path / "run", parameters={"learner_id": "ci"}, per_notebook=SMALL)
     assert run.ok, repr(run)
     assert [r["notebook"] for r in run.results] == list(NOTEBOOKS)
@@ -32,4 +33,5 @@ def test_labkit_run_executes_every_notebook(tmp_path):
     figures = list((tmp_path / "run" / "figures").glob("*.png"))
     assert len(figures) >= 5 and all(f.stat().st_size > 1000 for f in figures)
     assert (tmp_path / "run" / "gradebook.csv").exists()
-    assert find_ray_processes("labkit-ray") == []
+    for folder in list_session_dirs() - before:
+        assert find_ray_processes(folder) == [], f"a notebook left Ray processes of {folder}"
