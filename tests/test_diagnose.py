@@ -302,3 +302,44 @@ def test_any_record_set_gets_a_verdict_and_valid_json():
         assert d.explanation
 
     check()
+
+
+def _cli(argv):
+    import argparse
+
+    from labkit.diagnose import register_cli
+
+    parser = argparse.ArgumentParser(prog="labkit")
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_diagnose_reads_jsonl_and_telemetry(tmp_path, capsys):
+    import json
+
+    from labkit.telemetry import TelemetryRecorder
+
+    recs = make_run(slow_pre_s=0.6)
+    path = tmp_path / "gated.jsonl"
+    path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs), encoding="utf-8")
+    rec = TelemetryRecorder(use_collector=False, gpu=False, name="gated")
+    rec.samples = make_telemetry(recs)
+    tel = tmp_path / "tel.json"
+    tel.write_text(json.dumps(rec.to_dict()), encoding="utf-8")
+    out = tmp_path / "d.json"
+    assert _cli(["diagnose", str(path), "--telemetry", str(tel), "--json", str(out)]) == 0
+    assert "Diagnosis(gated): coordinator_bottleneck" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["verdict"] == "coordinator_bottleneck" and data["evidence"]["engine_active_ratio"] == 1.0
+    assert _cli(["diagnose", str(path), "--threshold", "tail_ratio_e2e=100",
+                 "--threshold", "tail_ratio_ttft=100"]) == 0
+    assert "healthy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["nonsense", "tail_ratio_e2e=abc", "unknown=1"])
+def test_cli_diagnose_rejects_bad_thresholds(tmp_path, bad):
+    path = tmp_path / "r.jsonl"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match="--threshold|not a number"):
+        _cli(["diagnose", str(path), "--threshold", bad])

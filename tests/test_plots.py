@@ -250,3 +250,27 @@ def test_import_is_light():
            "print(sorted(m for m in ('matplotlib', 'numpy', 'ray', 'psutil', 'pynvml') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_plot_writes_every_figure(tmp_path, capsys):
+    import argparse
+    import json
+
+    from labkit.plots import register_cli
+
+    paths = []
+    for name, tail in (("gated", 0.5), ("distributed", 0.0)):
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in make_records(tail_s=tail)), encoding="utf-8")
+        paths.append(str(p))
+    parser = argparse.ArgumentParser(prog="labkit")
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plot", *paths, "--out", str(tmp_path / "figs")])
+    assert args.func(args) == 0
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert "cdf.png" in written and "gated-histogram.svg" in written and "distributed-timeline.png" in written
+    assert "gated-share.png" in written
+    assert all((tmp_path / "figs" / n).stat().st_size > 1000 for n in written)
+    bad = parser.parse_args(["plot", *paths, "--out", str(tmp_path), "--name", "only-one"])
+    with pytest.raises(ConfigError, match="once per file"):
+        bad.func(bad)
