@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 EXIT_LABKIT_ERROR = 3
 
 # Modules that contribute subcommands, in the order they appear in --help.
-_COMMAND_MODULES = ("run", "load", "record", "grade", "models", "cluster")
+_COMMAND_MODULES = ("run", "load", "diagnose", "plots", "record", "grade", "models", "cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,7 +64,7 @@ class TopologyRun:
 
 def run_topology(name: str, url: str, *, model: str | None = None, rate_rps: float = 6.0,
                  duration_s: float = 20.0, max_tokens: int = 24, prompt_tokens: int = 32,
-                 arrival: str = "poisson", warmup_requests: int = 4, seed: int = 0,
+                 arrival: str = "poisson", burstiness: float = 1.0, warmup_requests: int = 4, seed: int = 0,
                  records_dir: str | Path | None = None, telemetry: bool = True, progress: bool = True,
                  timeout_s: float = 60.0) -> TopologyRun:
     """Drive one door with open-loop load while recording telemetry; summarize and diagnose.
@@ -85,6 +85,8 @@ def run_topology(name: str, url: str, *, model: str | None = None, rate_rps: flo
         Request shape (``ignore_eos`` makes every answer ``max_tokens`` long).
     arrival : str
         ``poisson``, ``constant`` or ``gamma``.
+    burstiness : float
+        Gamma shape for ``arrival="gamma"`` (below 1: burstier than Poisson).
     warmup_requests : int
         Requests sent first and left out of the statistics.
     seed : int
@@ -111,7 +113,8 @@ def run_topology(name: str, url: str, *, model: str | None = None, rate_rps: flo
     if records_dir is not None:
         Path(records_dir).mkdir(parents=True, exist_ok=True)
         records_path = str(Path(records_dir) / f"{name}-{rate_rps:g}rps.jsonl")
-    config = LoadConfig(url=url, model=model, arrival=arrival, rate_rps=rate_rps, duration_s=duration_s,
+    config = LoadConfig(url=url, model=model, arrival=arrival, burstiness=burstiness, rate_rps=rate_rps,
+                        duration_s=duration_s,
                         max_tokens=max_tokens, prompt_tokens=prompt_tokens, warmup_requests=warmup_requests,
                         seed=seed, ignore_eos=True, temperature=0.0, timeout_s=timeout_s,
                         hard_stop_s=duration_s * 3 + 60)
