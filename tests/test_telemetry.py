@@ -276,3 +276,19 @@ def test_collector_reporter_recorder_on_ray(local_ray, monkeypatch):
             break
         time.sleep(0.1)
     assert get_collector(create=False) is None
+
+
+@pytest.mark.slow
+def test_engine_activity_as_a_real_vllm_stat_logger():
+    pytest.importorskip("vllm")
+    from vllm.v1.metrics.loggers import StatLoggerBase
+    from vllm.v1.metrics.stats import SchedulerStats
+
+    act = EngineActivity()
+    factory = act.stat_logger_factory()
+    assert isinstance(factory, type) and issubclass(factory, StatLoggerBase)
+    logger = factory(None, 0)  # vLLM calls per-engine factories as factory(vllm_config, engine_index)
+    logger.record(scheduler_stats=SchedulerStats(num_running_reqs=4, num_waiting_reqs=2),
+                  iteration_stats=None, mm_cache_stats=None, engine_idx=0)
+    logger.log_engine_initialized()
+    assert act.stats() == {"running": 4, "waiting": 2}
