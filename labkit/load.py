@@ -275,7 +275,8 @@ class LoadConfig:
     timeout_s: float = _f(60.0, help="Per-request time-out from the actual send, seconds.")
     hard_stop_s: float | None = _f(None, help="Cancel everything this long after the start; None: no cap.")
     max_concurrency: int | None = _f(None, help="Open loop: most requests in flight; others wait (and lag).")
-    headers: dict[str, str] = _f(help="Extra HTTP headers.", default_factory=dict, hash=False)
+    headers: dict[str, str] = _f(help="Extra HTTP headers (values never written out).", default_factory=dict,
+                                 hash=False, repr=False)
     api_key: str | None = _f(None, help="Bearer token; never written to records or summaries.", repr=False)
     ignore_eos: bool = _f(False, help="Send ignore_eos=true (vLLM): every response has max_tokens tokens.")
     temperature: float | None = _f(None, help="Sampling temperature to send; None leaves the server default.")

@@ -70,6 +70,11 @@ class FakeOpenAIServer:
         Every k-th generation request gets HTTP 500 (0: never).
     node_id, replica_id, timings : str, str, dict
         Attribution; ``attribution`` says where it goes: "headers", "event", "both", "none".
+    event_attribution : dict, optional
+        A different ``labkit`` object for the final event (to test that it wins over headers).
+    timings_of_writes : bool
+        Add ``fake_first_write_pc`` / ``fake_last_write_pc`` (``time.perf_counter()`` when the
+        first and last token were written) to the final event's timings.
     spaced_json : bool
         Use ``json.dumps`` default separators (``", "``, ``": "``) instead of compact JSON.
     crlf_events : bool
@@ -91,6 +96,8 @@ class FakeOpenAIServer:
         replica_id: str | None = None,
         timings: dict[str, float] | None = None,
         attribution: str = "both",
+        event_attribution: dict[str, Any] | None = None,
+        timings_of_writes: bool = False,
         spaced_json: bool = False,
         crlf_events: bool = False,
         model: str = "fake-model",
@@ -109,6 +116,8 @@ class FakeOpenAIServer:
         self.replica_id = replica_id
         self.timings = timings
         self.attribution = attribution
+        self.event_attribution = event_attribution
+        self.timings_of_writes = timings_of_writes
         self.spaced_json = spaced_json
         self.sep = b"\r\n\r\n" if crlf_events else b"\n\n"
         self.model = model
@@ -195,8 +204,11 @@ class FakeOpenAIServer:
             return json.dumps(obj).encode()
         return json.dumps(obj, separators=(",", ":")).encode()
 
-    def _labkit(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "replica_id": self.replica_id, "timings": self.timings or {}}
+    def _labkit(self, writes: dict[str, float] | None = None) -> dict[str, Any]:
+        if self.event_attribution is not None:
+            return self.event_attribution
+        return {"node_id": self.node_id, "replica_id": self.replica_id,
+                "timings": {**(self.timings or {}), **(writes or {})}}
 
     def _head(self, status: int, content_type: str, chunked: bool, length: int = 0) -> bytes:
         reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}.get(status, "X")
@@ -239,14 +251,15 @@ class FakeOpenAIServer:
             events.append(b"data: " + self._dumps(obj) + self.sep)
         return events
 
-    def _final_events(self, chat: bool, n_prompt: int, n_out: int, include_usage: bool) -> list[bytes]:
+    def _final_events(self, chat: bool, n_prompt: int, n_out: int, include_usage: bool,
+                      writes: dict[str, float] | None = None) -> list[bytes]:
         events = []
         final: dict[str, Any] = {}
         if self.usage and include_usage:
             final["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out,
                               "total_tokens": n_prompt + n_out}
         if self.attribution in ("event", "both"):
-            final["labkit"] = self._labkit()
+            final["labkit"] = self._labkit(writes)
         if final:
             obj = {"id": "chatcmpl-fake" if chat else "cmpl-fake",
                    "object": "chat.completion.chunk" if chat else "text_completion",
@@ -359,14 +372,19 @@ class FakeOpenAIServer:
         head = self._head(200, "text/event-stream; charset=utf-8", True)
         if chat:  # role chunk goes with the first content chunk
             events = [events[0] + events[1], *events[2:]] if len(events) > 1 else events
+        writes = {}
         for k, event in enumerate(events):
             if k > 0 and self.itl_s > 0:
                 await asyncio.sleep(self.itl_s)
                 await self._wait_stall()
             if tr.is_closing():
                 return
+            now = time.perf_counter()
+            writes.setdefault("fake_first_write_pc", now)
+            writes["fake_last_write_pc"] = now
             tr.write((head if k == 0 else b"") + _chunk(event))
-        tail = self._final_events(chat, n_prompt, n_out, include_usage)
+        # When the first and last token were written (perf_counter: the tests' clock, in-process).
+        tail = self._final_events(chat, n_prompt, n_out, include_usage, writes if self.timings_of_writes else None)
         if not tr.is_closing():
             tr.write(b"".join(_chunk(e) for e in tail) + b"0\r\n\r\n")
 
@@ -414,7 +432,7 @@ def _cpu_seconds() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fake OpenAI-compatible streaming server.")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--output-tokens", type=int, default=16)
+    parser.add_argument("--output-tokens", type=int, default=16, help="0: the request's max_tokens")
     parser.add_argument("--ttft-ms", type=float, default=0.0)
     parser.add_argument("--itl-ms", type=float, default=0.0)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
@@ -427,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    server = FakeOpenAIServer(output_tokens=args.output_tokens, ttft_s=args.ttft_ms / 1e3,
+    server = FakeOpenAIServer(output_tokens=args.output_tokens or None, ttft_s=args.ttft_ms / 1e3,
                               itl_s=args.itl_ms / 1e3)
 
     async def _serve() -> None:
