@@ -332,6 +332,14 @@ class LoadedLog:
     data: dict[str, Any] | None
     findings: list[Finding]
     file_sha256: str | None = None
+    _table_cache: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def table(self) -> _Table:
+        """The raw request samples, parsed once."""
+        if self._table_cache is None:
+            self._table_cache = _table(self.data or {})
+        return self._table_cache
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -707,19 +715,19 @@ def _iter_summaries(tree: Mapping[str, Any], prefix: str = "", depth: int = 0) -
             yield from _iter_summaries(value, path + ".", depth + 1)
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    import numpy as np  # lazy: only percentile checks need it; linear like labkit.stats
-
-    return float(np.percentile(np.asarray(values, dtype=float), q))
-
-
 def _matches(reported: Mapping[float, float], values: Sequence[float], tol: Mapping[str, float]) -> dict:
     """Return the reported percentiles that the values do not reproduce."""
+    import numpy as np  # lazy: only percentile checks need it; linear interpolation like labkit.stats
+
+    qs = sorted(reported)
+    again = np.percentile(np.asarray(values, dtype=float), qs).tolist() if values else [None] * len(qs)
     diffs = {}
-    for q, value in sorted(reported.items()):
-        again = _percentile(values, q) if values else None
-        if again is None or abs(value - again) > tol["percentile_abs_s"] + tol["percentile_rel"] * abs(again):
-            diffs[f"p{q:g}"] = {"reported": value, "recomputed": again}
+    for q, recomputed in zip(qs, again, strict=True):
+        value = reported[q]
+        if recomputed is None or abs(value - recomputed) > tol["percentile_abs_s"] + tol["percentile_rel"] * abs(
+            recomputed
+        ):
+            diffs[f"p{q:g}"] = {"reported": value, "recomputed": recomputed}
     return diffs
 
 
@@ -903,8 +911,9 @@ def _check_times(data: Mapping[str, Any], table: _Table, rubric: Rubric, file: s
                 )
             )
         t0 = _time(_get(data, "samples.requests.t0_wall"))
-        slack = dt.timedelta(seconds=tol["samples_slack_s"])
-        if t0 is not None and (t0 < started - slack or t0 + dt.timedelta(seconds=span) > finished + slack):
+        slack = tol["samples_slack_s"]  # seconds as floats: datetime arithmetic overflows on wild values
+        offset = None if t0 is None else (t0 - started).total_seconds()
+        if offset is not None and (offset < -slack or offset + span > run_s + slack):
             findings.append(
                 Finding(
                     "samples_outside_run",
@@ -1088,7 +1097,7 @@ def assess_log(
                 file,
             )
         )
-    table = _table(data)
+    table = loaded.table
     if table.ragged:
         findings.append(
             Finding(
@@ -1124,8 +1133,8 @@ def assess_log(
 # --------------------------------------------------------------------------------------------
 
 
-def _sample_keys(data: Mapping[str, Any]) -> set[tuple[int, int]]:
-    c = _table(data).cols
+def _sample_keys(data: Mapping[str, Any] | _Table) -> set[tuple[int, int]]:
+    c = (data if isinstance(data, _Table) else _table(data)).cols
     keys = set()
     for status, sent, first, done in zip(c["status"], c["sent_s"], c["first_token_s"], c["done_s"], strict=False):
         if status == "ok" and sent is not None and done is not None:
@@ -1143,7 +1152,7 @@ def _cross_checks(logs: Sequence[LoadedLog], rubric: Rubric) -> dict[int, list[F
         columns = _dict(_get(log.data, "samples.requests.columns"))
         series = _dict(_get(log.data, "samples.series"))
         parts = {
-            "raw samples": [columns, series] if _table(log.data).n or series else None,
+            "raw samples": [columns, series] if log.table.n or series else None,
             "summaries": _dict(_get(log.data, "outputs.summaries")) or None,
         }
         for part, value in parts.items():
@@ -1166,7 +1175,7 @@ def _cross_checks(logs: Sequence[LoadedLog], rubric: Rubric) -> dict[int, list[F
                 )
             )
     rules = rubric["copy_detection"]
-    keys = {i: _sample_keys(log.data) for i, log in usable}
+    keys = {i: _sample_keys(log.table) for i, log in usable}
     index: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, ks in keys.items():
         if len(ks) >= rules["min_shared_samples"]:

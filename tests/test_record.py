@@ -12,6 +12,8 @@ import types
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labkit import record
 from labkit.cli import main
@@ -24,9 +26,7 @@ KIT = {"name": "labkit", "version": "0.1.0", "git_commit": None, "git_dirty": No
 NO_PAPERMILL = {"detected": False, "injected_parameters": {}}
 
 
-def make_records(
-    n: int = 50, seed: int = 0, *, fail_every: int = 0, t0: float = 500.0
-) -> list[RequestRecord]:
+def make_records(n: int = 50, seed: int = 0, *, fail_every: int = 0, t0: float = 500.0) -> list[RequestRecord]:
     rng = random.Random(seed)
     out, t = [], t0
     for i in range(n):
@@ -175,9 +175,7 @@ def test_the_recorded_samples_reproduce_labkit_stats_percentiles(tmp_path: Path)
             for sel, vals in candidates.items()
             if len(vals) == s.count
             and vals
-            and all(
-                abs(float(np.percentile(vals, float(k[1:]))) - v) <= 1e-5 for k, v in s.percentiles.items()
-            )
+            and all(abs(float(np.percentile(vals, float(k[1:]))) - v) <= 1e-5 for k, v in s.percentiles.items())
         ]
         assert fits, metric
 
@@ -188,9 +186,7 @@ def test_thousands_of_requests_fit_in_a_few_megabytes(tmp_path: Path) -> None:
     assert path.stat().st_size < 3_000_000
 
 
-def test_default_runs_dir_is_the_checkout_or_the_env_override(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_default_runs_dir_is_the_checkout_or_the_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert record.default_runs_dir() == ROOT / "verification" / "runs"
     monkeypatch.setenv("LABKIT_RUNS_DIR", str(tmp_path / "elsewhere"))
     assert record.default_runs_dir() == tmp_path / "elsewhere"
@@ -226,9 +222,7 @@ def test_a_log_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -
         quick_log(records=make_records(500))
 
 
-def test_save_is_atomic_and_leaves_the_old_file_on_failure(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_save_is_atomic_and_leaves_the_old_file_on_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     target = tmp_path / "log.json"
     first = VerificationLog(quick_log())
     first.save(target)
@@ -393,18 +387,12 @@ def test_gpus_through_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     hw = record.record_environment()["hardware"]
-    assert (
-        hw["gpu_source"] == "nvml"
-        and hw["cuda_version"] == "12.8"
-        and hw["gpu_driver_version"] == "570.86.15"
-    )
+    assert hw["gpu_source"] == "nvml" and hw["cuda_version"] == "12.8" and hw["gpu_driver_version"] == "570.86.15"
     assert [g["name"] for g in hw["gpus"]] == ["NVIDIA H100 80GB HBM3"] * 2
     assert quick_log(environment=record.record_environment())["constraints"]["backend"] == "gpu"
 
 
-def test_gpus_through_nvidia_smi_when_nvml_is_missing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_gpus_through_nvidia_smi_when_nvml_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     script = tmp_path / "nvidia-smi"
     script.write_text(
         textwrap.dedent("""\
@@ -571,3 +559,31 @@ def test_cli_verify_good_and_bad(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_html_repr_escapes_log_strings() -> None:
     log = VerificationLog(quick_log(learner_id="<script>alert(1)</script>"))
     assert "<script>" not in log._repr_html_() and "&lt;script&gt;" in log._repr_html_()
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(-2, 2),
+    st.text(max_size=2),
+    st.just(1.0),
+    st.lists(st.integers(), max_size=1),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["sent_s", "status", "warmup", "output_tokens", "node", "run"]),
+        st.lists(_values, min_size=2, max_size=6),
+        max_size=3,
+    )
+)
+def test_fast_column_validation_agrees_with_jsonschema(changes: dict) -> None:
+    import jsonschema
+
+    data = json.loads((ROOT / "verification/reference/good/alice--02_multinode_serving.json").read_text())
+    data["samples"]["requests"]["columns"].update(changes)
+    full = list(jsonschema.Draft202012Validator(record.load_schema()).iter_errors(data))
+    assert bool(record.validate_log(data)) == bool(full)
