@@ -548,3 +548,20 @@ def test_grading_notebook_runs_headless(tmp_path: Path) -> None:
     )
     rows = list(csv.DictReader((tmp_path / "gradebook.csv").open(encoding="utf-8")))  # where labkit run looks
     assert {"alice", "dave", "mallory"} <= {r["learner_id"] for r in rows}
+
+
+def test_a_summary_needs_its_raw_samples_in_the_log(tmp_path: Path) -> None:
+    """Notebook 02's layout: a first run plus two compared runs, each with a RunSummary."""
+    runs = _two_runs()
+    first = GEN.records(33, 120, ttft_s=0.03, tpot_s=0.01)
+    for r in first:
+        r.scheduled_s, r.sent_s, r.done_s = r.scheduled_s - 100, r.sent_s - 100, r.done_s - 100
+        if r.first_token_s is not None:
+            r.first_token_s, r.last_token_s = r.first_token_s - 100, r.last_token_s - 100
+    all_runs = {"first_run": first, **runs}
+    without_first = _log_of_runs(all_runs, [r for recs in runs.values() for r in recs])
+    write(tmp_path, "a.json", without_first)
+    found = grade_directory(tmp_path, now=NOW).findings
+    assert {f.message.split("'")[1].split(".")[1] for f in found if f.code == "percentile_mismatch"} == {"first_run"}
+    write(tmp_path, "a.json", _log_of_runs(all_runs, all_runs))  # records={run name: records}
+    assert grade_directory(tmp_path, now=NOW).rows[0].flags == ()
