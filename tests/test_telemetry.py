@@ -230,8 +230,15 @@ def test_recorder_stop_before_start():
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)  # a private cluster, never one someone else started
+    for attempt in (1, 2):  # Ray gives a raylet 30 s to register; a busy 2-core box can miss that once
+        try:
+            ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)  # a private cluster, never one someone else started
+            break
+        except Exception as err:  # Ray raises a bare Exception for the start-up time-out
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(err):
+                raise
     try:
         yield ray
     finally:
