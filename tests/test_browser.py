@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SMALL = {"rate_rps": 6.0, "duration_s": 6.0, "sweep_rates": [4.0], "sweep_duration_s": 4.0, "max_tokens": 12,
+SMALL = {"duration_s": 6.0, "sweep_rates": [2.0], "sweep_duration_s": 4.0, "max_tokens": 32,
          "learner_id": "browser"}
 
 
