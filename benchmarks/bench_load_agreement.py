@@ -73,8 +73,7 @@ def run_vllm(args: argparse.Namespace) -> dict:
             "--max-concurrency", str(args.users), "--num-warmups", str(args.users), "--seed", str(args.seed),
             "--ignore-eos", "--temperature", "0", "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,99", "--ready-check-timeout-sec", "60"]
-    if args.tokenizer:
-        argv += ["--tokenizer", args.tokenizer]
+    argv += ["--tokenizer", args.tokenizer]
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         result = main(parser.parse_args(argv))
@@ -128,6 +127,8 @@ def main() -> int:
     server = _start_fake(args) if args.fake else None
     if not args.url or not args.model:
         p.error("--url and --model are required (or --fake)")
+    if args.tokenizer is None:  # what vLLM's client does too; pass --tokenizer for a served alias
+        args.tokenizer = args.model
     try:
         kit_runs, vllm_runs = [], []
         for k in range(args.repeats):

@@ -923,7 +923,7 @@ class _Runner:
         self.stream = config.stream
         self.on_record = on_record
         self.records: list[RequestRecord] = []
-        self.writer = _RecordWriter(records_path)
+        self.writer = _RecordWriter(None)  # opened once the endpoint answers
         self.records_path = records_path
         self.progress_enabled = progress
         self.tokenizer = tokenizer
@@ -1038,13 +1038,16 @@ class _Runner:
         model = await self._resolve_model()
         self._build_requests(model)
         await self._preflight()
+        self.writer = _RecordWriter(self.records_path)
         total = cfg.warmup_requests + cfg.num_requests if cfg.num_requests else None
         bar = _Progress(self.progress_enabled, total, f"load {cfg.arrival}")
         self.bar = bar
         import gc
 
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # a full collection over a growing record list is a multi-ms schedule stall
+        # A full collection walks every record kept so far: a schedule stall of many ms in a long
+        # run. Young generations are still collected; full ones wait for the end of the run.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(thresholds[0], thresholds[1], 2**30)
         self.start_s = time.perf_counter()
         self.end_s = self.start_s
         try:
@@ -1076,8 +1079,7 @@ class _Runner:
             self.writer.close()
             bar.update(self.emitted - self.shown)
             bar.close()
-            if gc_was_enabled:
-                gc.enable()
+            gc.set_threshold(*thresholds)
         if self.callback_error is not None:
             raise self.callback_error
         unknown = sum(1 for r in self.records if r.ok and r.output_tokens is None)

@@ -275,15 +275,31 @@ def test_error_event_in_stream():
 
 
 # --------------------------------------------------------------------------- against the fake server
+def _oversleep_s(samples: int = 25, sleep_s: float = 0.002) -> float:
+    """p90 of how late a 2 ms sleep wakes up right now: what other work adds to any timing."""
+    late = []
+    for _ in range(samples):
+        t = time.perf_counter()
+        time.sleep(sleep_s)
+        late.append(time.perf_counter() - t - sleep_s)
+    return sorted(late)[int(0.9 * (samples - 1))]
+
+
 class _Noisy:
-    """Collects the noise-sensitive checks of one attempt (plain asserts stay exact checks)."""
+    """Collects the noise-sensitive checks of one attempt (plain asserts stay exact checks).
+
+    Each check is ``fn(slack_s) -> bool``; ``slack_s`` is twice the machine's measured
+    oversleep around the attempt (near zero on a quiet machine).
+    """
 
     def __init__(self) -> None:
-        self.failed: list[str] = []
+        self.checks: list[tuple[object, str]] = []
 
-    def check(self, ok: bool, what: str) -> None:
-        if not ok:
-            self.failed.append(what)
+    def check(self, fn, what: str) -> None:
+        self.checks.append((fn, what))
+
+    def failed(self, slack_s: float) -> list[str]:
+        return [what for fn, what in self.checks if not fn(slack_s)]
 
 
 def _best_of(attempts: int, measure) -> None:
@@ -291,15 +307,19 @@ def _best_of(attempts: int, measure) -> None:
 
     Exact checks (plain asserts: lower bounds, orderings, counts) must hold in every attempt.
     Upper bounds on delays are noise-sensitive: other work on this machine only ever adds
-    delay, so they must hold in one attempt out of ``attempts``.
+    delay, so they get a slack measured around the attempt and must hold in one attempt out of
+    ``attempts``.
     """
     failures = []
     for _ in range(attempts):
+        before = _oversleep_s()
         noisy = _Noisy()
         measure(noisy)
-        if not noisy.failed:
+        slack = 2 * max(before, _oversleep_s())
+        failed = noisy.failed(slack)
+        if not failed:
             return
-        failures.append(noisy.failed)
+        failures.append({"slack_s": slack, "failed": failed})
     pytest.fail(f"noise-sensitive checks failed in all {attempts} attempts: {failures}")
 
 
@@ -332,10 +352,12 @@ def test_ttft_and_every_gap_match_the_servers_delays(api):
             assert r.tpot_s == pytest.approx((r.last_token_s - r.first_token_s) / (tokens - 1))
             assert r.e2e_uncorrected_s >= ttft + (tokens - 1) * itl - 0.001
         for name, delays in (("first", first_delay), ("last", last_delay)):
-            noisy.check(statistics.median(delays) <= 0.002, f"median {name}-token delay {statistics.median(delays)}")
-            noisy.check(sum(1 for d in delays if d > 0.010) <= n // 10, f"{name}-token delays {sorted(delays)}")
-        noisy.check(statistics.median(ttfts) <= ttft + 0.025, f"median TTFT {statistics.median(ttfts)}")
-        noisy.check(itl - 0.003 <= statistics.median(gaps) <= itl + 0.010, f"median gap {statistics.median(gaps)}")
+            med, p90 = statistics.median(delays), sorted(delays)[int(0.9 * (n - 1))]
+            noisy.check(lambda slack, med=med: med <= 0.002 + slack, f"median {name}-token delay {med}")
+            noisy.check(lambda slack, p90=p90: p90 <= 0.010 + slack, f"p90 {name}-token delay {p90}")
+        med_ttft, med_gap = statistics.median(ttfts), statistics.median(gaps)
+        noisy.check(lambda slack: med_ttft <= ttft + 0.025 + slack, f"median TTFT {med_ttft}")
+        noisy.check(lambda slack: itl - 0.003 <= med_gap <= itl + 0.010 + slack, f"median gap {med_gap}")
 
     _best_of(3, measure)
 
@@ -365,21 +387,23 @@ def test_a_stall_shows_in_corrected_latency_only_when_the_client_was_held_back(c
             for r in res.records:  # sent into the stall: done only after it
                 if start <= r.sent_s < end - 0.002:
                     assert r.done_s >= end - 0.002
-        noisy.check(len(during) >= 20, f"only {len(during)} requests scheduled during the stall")
+        noisy.check(lambda slack: len(during) >= 20, f"only {len(during)} requests scheduled during the stall")
         if not during:
             return
-        uncorrected = [r.e2e_uncorrected_s for r in during]
-        lags = [r.schedule_lag_s for r in during]
-        summary = summarize_run(res.records, ci=False)
-        noisy.check(summary.metrics["e2e"].percentiles["p90"] > 0.3, "e2e p90")
+        uncorrected = sorted(r.e2e_uncorrected_s for r in during)
+        lags = sorted(r.schedule_lag_s for r in during)
+        med_u, med_lag = statistics.median(uncorrected), statistics.median(lags)
+        p90 = summarize_run(res.records, ci=False).metrics
+        e2e_p90, unc_p90 = p90["e2e"].percentiles["p90"], p90["e2e_uncorrected"].percentiles["p90"]
+        noisy.check(lambda slack: e2e_p90 > 0.3, f"e2e p90 {e2e_p90}")
         if capped:  # sent after the stall: short from the send, long from the intended send
-            noisy.check(max(uncorrected) < 0.3 and statistics.median(uncorrected) < 0.05,
-                        f"uncorrected {sorted(uncorrected)[-3:]}")
-            noisy.check(statistics.median(lags) > 0.3, f"median lag {statistics.median(lags)}")
-            noisy.check(summary.metrics["e2e_uncorrected"].percentiles["p90"] < 0.2, "uncorrected p90")
+            noisy.check(lambda slack: uncorrected[-1] < 0.3 + slack and med_u < 0.05 + slack,
+                        f"uncorrected {uncorrected[-3:]}")
+            noisy.check(lambda slack: med_lag > 0.3, f"median lag {med_lag}")
+            noisy.check(lambda slack: unc_p90 < 0.2 + slack, f"uncorrected p90 {unc_p90}")
         else:  # sent on time, into the stall
-            noisy.check(statistics.median(lags) < 0.01 and max(lags) < 0.3, f"lags {sorted(lags)[-3:]}")
-            noisy.check(summary.metrics["e2e_uncorrected"].percentiles["p90"] > 0.3, "uncorrected p90")
+            noisy.check(lambda slack: med_lag < 0.01 + slack and lags[-1] < 0.3 + slack, f"lags {lags[-3:]}")
+            noisy.check(lambda slack: unc_p90 > 0.3, f"uncorrected p90 {unc_p90}")
 
     _best_of(3, measure)
 
@@ -436,12 +460,13 @@ def test_hard_stop_cancels_what_is_left():
     assert sum("before it was sent" in r.error for r in res.records) >= 1
 
 
-def test_unreachable_endpoint_fails_before_the_run():
+def test_unreachable_endpoint_fails_before_the_run(tmp_path):
     with FakeOpenAIServer() as server:
         url = server.url
     with pytest.raises(LoadGenError, match="Cannot connect") as info:
-        run_load(_cfg(url), progress=False)
+        run_load(_cfg(url, records_path=str(tmp_path / "r.jsonl")), progress=False)
     assert info.value.url.endswith("/v1/completions")
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 @pytest.mark.parametrize(
@@ -644,11 +669,19 @@ def test_progress_bar_is_optional(tqdm_installed, monkeypatch, capsys):
     assert ("5/5" in err) == tqdm_installed
 
 
-def test_scheduler_without_timerfd_uses_the_loops_timers(monkeypatch):
-    """Where no timerfd exists (not Linux) the loop's timers plus a short spin keep the schedule."""
-    monkeypatch.setattr("labkit.load._TimerFd.create", classmethod(lambda cls, loop, callback: None))
-    with FakeOpenAIServer(output_tokens=2) as server:
-        res = run_load(_cfg(server.url, num_requests=20, rate_rps=100), progress=False)
-    assert all(r.ok for r in res.records)
-    assert all(r.schedule_lag_s >= 0 for r in res.records)
-    assert statistics.median(r.schedule_lag_s for r in res.records) < 0.005
+@pytest.mark.parametrize("timerfd", [True, False])
+def test_schedule_lag_is_small_with_and_without_timerfd(timerfd, monkeypatch):
+    """Where no timerfd exists (not Linux) the loop's timers plus a short spin keep the schedule.
+    Exact: never early. Noise-sensitive: median lag under 1 ms (+ measured slack)."""
+    if not timerfd:
+        monkeypatch.setattr("labkit.load._TimerFd.create", classmethod(lambda cls, loop, callback: None))
+
+    def measure(noisy: _Noisy) -> None:
+        with FakeOpenAIServer(output_tokens=2) as server:
+            res = run_load(_cfg(server.url, num_requests=40, rate_rps=200), progress=False)
+        assert all(r.ok for r in res.records)
+        assert all(r.schedule_lag_s >= 0 for r in res.records)
+        med = statistics.median(r.schedule_lag_s for r in res.records)
+        noisy.check(lambda slack: med < 0.001 + slack, f"median lag {med}")
+
+    _best_of(3, measure)
