@@ -18,6 +18,7 @@ _EXPORTS = {
     "LabkitError": "labkit.errors",
     "LoadConfig": "labkit.load",
     "ServeConfig": "labkit.serve",
+    "VerificationLog": "labkit.record",
     "checkpoint": "labkit.record",
     "compare_topologies": "labkit.experiment",
     "connect_cluster": "labkit.cluster",

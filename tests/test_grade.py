@@ -533,7 +533,7 @@ def test_gradebook_files_are_skipped_when_grading_again(tmp_path: Path) -> None:
 def test_grading_notebook_runs_headless(tmp_path: Path) -> None:
     papermill = pytest.importorskip("papermill")
     nbformat = pytest.importorskip("nbformat")
-    source = ROOT / "notebooks" / "04_instructor_grading.ipynb"
+    source = ROOT / "notebooks" / "03_instructor_grading.ipynb"
     nb = nbformat.read(source, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "logs_dir" in tagged[0].source and "output_dir" in tagged[0].source
