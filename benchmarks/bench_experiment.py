@@ -22,8 +22,10 @@ def main() -> None:
     out: dict = {"workload": LESSON_WORKLOAD, "runs": [], "sweep": {}}
     with labkit.start_cluster():
         deployment = labkit.deploy(labkit.topology_preset("distributed"))
-        doors = {"distributed": deployment.url,
-                 "gated": deploy_coordinator(deployment, max_concurrency=LESSON_WORKLOAD["coordinator_max_concurrency"])}
+        doors = {
+            "distributed": deployment.url,
+            "gated": deploy_coordinator(deployment, max_concurrency=LESSON_WORKLOAD["coordinator_max_concurrency"]),
+        }
         for seed in range(3):
             result = compare_topologies(doors, seed=seed, progress=False, **workload)
             print(repr(result), flush=True)
@@ -35,9 +37,17 @@ def main() -> None:
             for rate, res in zip(rates, results, strict=True):
                 e2e = summarize_latencies(res.records, "e2e", ci=False).percentiles
                 ttft = summarize_latencies(res.records, "ttft", ci=False).percentiles
-                rows.append({"rate_rps": rate, "achieved_rps": res.achieved_rate_rps,
-                             "e2e_p50": e2e["p50"], "e2e_p95": e2e["p95"], "e2e_p99": e2e["p99"],
-                             "ttft_p50": ttft["p50"], "ttft_p99": ttft["p99"]})
+                rows.append(
+                    {
+                        "rate_rps": rate,
+                        "achieved_rps": res.achieved_rate_rps,
+                        "e2e_p50": e2e["p50"],
+                        "e2e_p95": e2e["p95"],
+                        "e2e_p99": e2e["p99"],
+                        "ttft_p50": ttft["p50"],
+                        "ttft_p99": ttft["p99"],
+                    }
+                )
             out["sweep"][name] = rows
     out["holds"] = sum(1 for c in out["runs"] if c["holds"])
     out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

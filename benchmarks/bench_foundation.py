@@ -20,7 +20,9 @@ def _session_rss(marker: str) -> int:
     for proc in psutil.process_iter(["cmdline", "memory_info", "name"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
-            if marker in cmd or (proc.info["name"] or "").startswith(("ray::", "raylet", "gcs_server", "VLLM", "EngineCore")):
+            if marker in cmd or (proc.info["name"] or "").startswith(
+                ("ray::", "raylet", "gcs_server", "VLLM", "EngineCore")
+            ):
                 total += proc.info["memory_info"].rss
         except Exception:  # noqa: BLE001, S112
             continue
@@ -41,7 +43,7 @@ def main() -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.monotonic()
-    with labkit.start_cluster() as cluster:
+    with labkit.start_cluster():
         t_cluster = time.monotonic() - t0
         deployment = labkit.deploy(labkit.topology_preset("distributed"))
         t_first = time.monotonic() - t0

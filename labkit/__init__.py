@@ -63,5 +63,21 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*__all__, "cluster", "diagnose", "errors", "experiment", "grade", "load", "models", "plots",
-                   "record", "run", "serve", "stats", "telemetry"])
+    return sorted(
+        [
+            *__all__,
+            "cluster",
+            "diagnose",
+            "errors",
+            "experiment",
+            "grade",
+            "load",
+            "models",
+            "plots",
+            "record",
+            "run",
+            "serve",
+            "stats",
+            "telemetry",
+        ]
+    )

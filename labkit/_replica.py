@@ -12,8 +12,8 @@ identically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -72,7 +72,9 @@ def parse_request(raw: bytes, *, kind: str, served_name: str, limits: dict[str, 
         With status 400 (malformed or out of bounds), 404 (unknown model) or 413 (too large).
     """
     if len(raw) > limits["max_body_bytes"]:
-        raise BadRequest(413, f"Request body of {len(raw)} bytes exceeds the limit of {limits['max_body_bytes']} bytes.")
+        raise BadRequest(
+            413, f"Request body of {len(raw)} bytes exceeds the limit of {limits['max_body_bytes']} bytes."
+        )
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -83,8 +85,9 @@ def parse_request(raw: bytes, *, kind: str, served_name: str, limits: dict[str, 
     if model is None:
         raise BadRequest(400, f"'model' is required. This server serves '{served_name}'.", "model")
     if model != served_name:
-        raise BadRequest(404, f"The model '{model}' does not exist. This server serves '{served_name}'.", "model",
-                         "model_not_found")
+        raise BadRequest(
+            404, f"The model '{model}' does not exist. This server serves '{served_name}'.", "model", "model_not_found"
+        )
     out: dict[str, Any] = {}
     limit_chars = limits["max_prompt_chars"]
     if kind == "completions":
@@ -92,18 +95,27 @@ def parse_request(raw: bytes, *, kind: str, served_name: str, limits: dict[str, 
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
-            raise BadRequest(400, "'prompt' is required and must be a non-empty string (one prompt per request).",
-                             "prompt")
+            raise BadRequest(
+                400, "'prompt' is required and must be a non-empty string (one prompt per request).", "prompt"
+            )
         if len(prompt) > limit_chars:
             raise BadRequest(400, f"'prompt' has {len(prompt)} characters; the limit is {limit_chars}.", "prompt")
         out["prompt"] = prompt
     else:
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
                 isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
-                for m in messages):
-            raise BadRequest(400, "'messages' is required: a non-empty list of {role, content} objects with string content.",
-                             "messages")
+                for m in messages
+            )
+        ):
+            raise BadRequest(
+                400,
+                "'messages' is required: a non-empty list of {role, content} objects with string content.",
+                "messages",
+            )
         if sum(len(m["content"]) for m in messages) > limit_chars:
             raise BadRequest(400, f"'messages' exceed {limit_chars} characters in all.", "messages")
         out["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -112,8 +124,9 @@ def parse_request(raw: bytes, *, kind: str, served_name: str, limits: dict[str, 
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise BadRequest(400, f"'{max_key}' must be a positive integer, got {max_tokens!r}.", max_key)
     if max_tokens > limits["max_tokens_limit"]:
-        raise BadRequest(400, f"'{max_key}'={max_tokens} exceeds this server's limit of {limits['max_tokens_limit']}.",
-                         max_key)
+        raise BadRequest(
+            400, f"'{max_key}'={max_tokens} exceeds this server's limit of {limits['max_tokens_limit']}.", max_key
+        )
     out["max_tokens"] = max_tokens
     for name, default, low, high in (("temperature", 1.0, 0.0, 2.0), ("top_p", 1.0, 0.0, 1.0)):
         value = body.get(name, default)
@@ -179,8 +192,9 @@ class LLMServer:
 
             start = getattr(telemetry, "start_reporter", None)
             if start is not None and settings.get("telemetry", True):
-                self._reporter = start(role="replica", component_id=self.replica_id, node_id=self.node_id,
-                                       stats_fn=self.engine_stats)
+                self._reporter = start(
+                    role="replica", component_id=self.replica_id, node_id=self.node_id, stats_fn=self.engine_stats
+                )
         except Exception as err:  # noqa: BLE001 - never fail a replica for telemetry
             print(f"labkit: telemetry reporter not started: {err!r}")
 
@@ -204,20 +218,26 @@ class LLMServer:
         timings: dict[str, float] = {}
         sent_at = headers.get(HEADER_SENT_AT)
         if sent_at:
-            try:
+            with contextlib.suppress(ValueError):
                 timings["client_to_replica_s"] = max(0.0, arrival_wall - float(sent_at))
-            except ValueError:
-                pass
         if headers.get(HEADER_COORD_WAIT):
-            try:
+            with contextlib.suppress(ValueError):
                 timings["coordinator_wait_s"] = float(headers[HEADER_COORD_WAIT])
-            except ValueError:
-                pass
         base_headers = {HEADER_NODE: self.node_id, HEADER_REPLICA: self.replica_id}
         route = path.rstrip("/")
         if route.endswith("/v1/models") and method == "GET":
-            data = {"object": "list", "data": [{"id": self.served_name, "object": "model", "created": 0,
-                                                "owned_by": "labkit", "max_model_len": self.settings["max_model_len"]}]}
+            data = {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.served_name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "labkit",
+                        "max_model_len": self.settings["max_model_len"],
+                    }
+                ],
+            }
             yield {"status": 200, "headers": base_headers, "media_type": "application/json"}
             yield json.dumps(data).encode()
             return
@@ -225,10 +245,19 @@ class LLMServer:
             yield {"status": 200, "headers": base_headers, "media_type": "application/json"}
             yield json.dumps({"status": "ok", **self.engine_stats()}).encode()
             return
-        kind = "chat" if route.endswith("/v1/chat/completions") else "completions" if route.endswith("/v1/completions") else None
+        kind = (
+            "chat"
+            if route.endswith("/v1/chat/completions")
+            else "completions"
+            if route.endswith("/v1/completions")
+            else None
+        )
         if kind is None or method != "POST":
-            err = BadRequest(404, f"No route for {method} {path}. Available: POST /v1/completions, "
-                                  "POST /v1/chat/completions, GET /v1/models.")
+            err = BadRequest(
+                404,
+                f"No route for {method} {path}. Available: POST /v1/completions, "
+                "POST /v1/chat/completions, GET /v1/models.",
+            )
             yield {"status": 404, "headers": base_headers, "media_type": "application/json"}
             yield err.body()
             return
@@ -242,15 +271,28 @@ class LLMServer:
         async for item in self._generate(kind, req, prompt, arrival, timings, base_headers):
             yield item
 
-    async def _generate(self, kind: str, req: dict[str, Any], prompt: str, arrival: float,
-                        timings: dict[str, float], base_headers: dict[str, str]) -> AsyncIterator[Any]:
+    async def _generate(
+        self,
+        kind: str,
+        req: dict[str, Any],
+        prompt: str,
+        arrival: float,
+        timings: dict[str, float],
+        base_headers: dict[str, str],
+    ) -> AsyncIterator[Any]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        params = SamplingParams(max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
-                                seed=req["seed"], stop=req["stop"], ignore_eos=req["ignore_eos"],
-                                output_kind=RequestOutputKind.DELTA)
+        params = SamplingParams(
+            max_tokens=req["max_tokens"],
+            temperature=req["temperature"],
+            top_p=req["top_p"],
+            seed=req["seed"],
+            stop=req["stop"],
+            ignore_eos=req["ignore_eos"],
+            output_kind=RequestOutputKind.DELTA,
+        )
         created = int(time.time())
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         self.inflight += 1
@@ -267,9 +309,17 @@ class LLMServer:
             if req["stream"]:
                 yield {"status": 200, "headers": base_headers, "media_type": "text/event-stream"}
                 if kind == "chat":
-                    yield _sse({"id": request_id, "object": obj, "created": created, "model": self.served_name,
-                                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                             "finish_reason": None}]})
+                    yield _sse(
+                        {
+                            "id": request_id,
+                            "object": obj,
+                            "created": created,
+                            "model": self.served_name,
+                            "choices": [
+                                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                            ],
+                        }
+                    )
             async for out in stream:
                 completion = out.outputs[0]
                 if out.prompt_token_ids is not None:
@@ -281,12 +331,22 @@ class LLMServer:
                 metrics = out.metrics or metrics
                 if req["stream"] and (completion.text or finish):
                     if kind == "chat":
-                        choice = {"index": 0, "delta": {"content": completion.text} if completion.text else {},
-                                  "finish_reason": finish}
+                        choice = {
+                            "index": 0,
+                            "delta": {"content": completion.text} if completion.text else {},
+                            "finish_reason": finish,
+                        }
                     else:
                         choice = {"index": 0, "text": completion.text, "logprobs": None, "finish_reason": finish}
-                    yield _sse({"id": request_id, "object": obj, "created": created, "model": self.served_name,
-                                "choices": [choice]})
+                    yield _sse(
+                        {
+                            "id": request_id,
+                            "object": obj,
+                            "created": created,
+                            "model": self.served_name,
+                            "choices": [choice],
+                        }
+                    )
                 else:
                     text_parts.append(completion.text)
         except asyncio.CancelledError:
@@ -308,16 +368,36 @@ class LLMServer:
         timings["engine_total_s"] = done - submit
         if metrics is not None and getattr(metrics, "scheduled_ts", 0) and getattr(metrics, "queued_ts", 0):
             timings["engine_queue_s"] = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": output_tokens,
-                 "total_tokens": prompt_tokens + output_tokens}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": prompt_tokens + output_tokens,
+        }
         labkit = {"node_id": self.node_id, "replica_id": self.replica_id, "timings": timings}
         if req["stream"]:
             if req["include_usage"]:
-                yield _sse({"id": request_id, "object": obj, "created": created, "model": self.served_name,
-                            "choices": [], "usage": usage, "labkit": labkit})
+                yield _sse(
+                    {
+                        "id": request_id,
+                        "object": obj,
+                        "created": created,
+                        "model": self.served_name,
+                        "choices": [],
+                        "usage": usage,
+                        "labkit": labkit,
+                    }
+                )
             else:
-                yield _sse({"id": request_id, "object": obj, "created": created, "model": self.served_name,
-                            "choices": [], "labkit": labkit})
+                yield _sse(
+                    {
+                        "id": request_id,
+                        "object": obj,
+                        "created": created,
+                        "model": self.served_name,
+                        "choices": [],
+                        "labkit": labkit,
+                    }
+                )
             yield b"data: [DONE]\n\n"
             return
         text = "".join(text_parts)
@@ -330,8 +410,17 @@ class LLMServer:
         headers = dict(base_headers)
         headers[HEADER_TIMINGS] = json.dumps(timings, separators=(",", ":"))
         yield {"status": 200, "headers": headers, "media_type": "application/json"}
-        yield json.dumps({"id": request_id, "object": obj_full, "created": created, "model": self.served_name,
-                          "choices": [choice], "usage": usage, "labkit": labkit}).encode()
+        yield json.dumps(
+            {
+                "id": request_id,
+                "object": obj_full,
+                "created": created,
+                "model": self.served_name,
+                "choices": [choice],
+                "usage": usage,
+                "labkit": labkit,
+            }
+        ).encode()
 
     async def __call__(self, request: Request) -> Response:
         """Answer HTTP directly (the distributed topologies: a proxy routes here)."""
@@ -349,11 +438,13 @@ class LLMServer:
 async def _respond(gen: AsyncIterator[Any]) -> Response:
     head = await gen.__anext__()
     if head.get("media_type") == "text/event-stream":
-        return StreamingResponse(gen, status_code=head["status"], headers=head["headers"],
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            gen, status_code=head["status"], headers=head["headers"], media_type="text/event-stream"
+        )
     chunks = [chunk async for chunk in gen]
-    return Response(b"".join(chunks), status_code=head["status"], headers=head["headers"],
-                    media_type=head.get("media_type"))
+    return Response(
+        b"".join(chunks), status_code=head["status"], headers=head["headers"], media_type=head.get("media_type")
+    )
 
 
 class Coordinator:
@@ -381,8 +472,12 @@ class Coordinator:
 
             start = getattr(tel, "start_reporter", None)
             if start is not None and telemetry:
-                self._reporter = start(role="coordinator", component_id=self.coordinator_id, node_id=self.node_id,
-                                       stats_fn=lambda: {"inflight": self.inflight, "waiting": self.waiting})
+                self._reporter = start(
+                    role="coordinator",
+                    component_id=self.coordinator_id,
+                    node_id=self.node_id,
+                    stats_fn=lambda: {"inflight": self.inflight, "waiting": self.waiting},
+                )
         except Exception as err:  # noqa: BLE001 - never fail the coordinator for telemetry
             print(f"labkit: telemetry reporter not started: {err!r}")
 

@@ -36,8 +36,18 @@ __all__ = [
 ]
 
 NODE_LABEL = "labkit.io/node"
-_RAY_PROCESS_NAMES = ("raylet", "gcs_server", "plasma_store", "dashboard", "ray::", "ray_client_server",
-                      "log_monitor", "monitor.py", "dashboard_agent", "runtime_env_agent")
+_RAY_PROCESS_NAMES = (
+    "raylet",
+    "gcs_server",
+    "plasma_store",
+    "dashboard",
+    "ray::",
+    "ray_client_server",
+    "log_monitor",
+    "monitor.py",
+    "dashboard_agent",
+    "runtime_env_agent",
+)
 _GIB = 1024**3
 
 
@@ -92,10 +102,16 @@ class ClusterConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a field has a value the cluster cannot use."""
         if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
-            msg = f"num_nodes={self.num_nodes!r} is not allowed: a cluster needs at least 1 node (the head). Use num_nodes=3 for the chapter's layout."
+            msg = (
+                f"num_nodes={self.num_nodes!r} is not allowed: a cluster needs at least 1 node (the head). "
+                "Use num_nodes=3 for the chapter's layout."
+            )
             raise ConfigError(msg, field="num_nodes", value=self.num_nodes)
         if self.cpus_per_node <= 0 or self.head_cpus < 0:
-            msg = f"cpus_per_node={self.cpus_per_node!r}, head_cpus={self.head_cpus!r}: cpus_per_node must be > 0 and head_cpus >= 0."
+            msg = (
+                f"cpus_per_node={self.cpus_per_node!r}, head_cpus={self.head_cpus!r}: "
+                "cpus_per_node must be > 0 and head_cpus >= 0."
+            )
             raise ConfigError(msg, field="cpus_per_node", value=self.cpus_per_node)
         if self.gpu_mode not in ("logical", "physical"):
             msg = f"gpu_mode={self.gpu_mode!r} is unknown. Available: ['logical', 'physical']"
@@ -103,9 +119,11 @@ class ClusterConfig:
         gpus = self.worker_gpus()
         workers = self.num_nodes - 1
         if len(gpus) != workers:
-            msg = (f"gpus_per_node={self.gpus_per_node!r} names {len(gpus)} worker nodes but the cluster has "
-                   f"{workers} (num_nodes={self.num_nodes} minus the head). Give one number for all workers "
-                   f"or exactly {workers}.")
+            msg = (
+                f"gpus_per_node={self.gpus_per_node!r} names {len(gpus)} worker nodes but the cluster has "
+                f"{workers} (num_nodes={self.num_nodes} minus the head). Give one number for all workers "
+                f"or exactly {workers}."
+            )
             raise ConfigError(msg, field="gpus_per_node", value=self.gpus_per_node)
         if any((not isinstance(g, int)) or g < 0 for g in gpus):
             msg = f"gpus_per_node={self.gpus_per_node!r}: GPU counts must be whole numbers >= 0."
@@ -116,8 +134,10 @@ class ClusterConfig:
         if self.gpu_mode == "physical":
             have = count_physical_gpus()
             if sum(gpus) > have:
-                msg = (f"gpus_per_node={self.gpus_per_node!r} asks for {sum(gpus)} physical GPUs in all but this "
-                       f"machine has {have}. Lower gpus_per_node, or use gpu_mode='logical' to only count them.")
+                msg = (
+                    f"gpus_per_node={self.gpus_per_node!r} asks for {sum(gpus)} physical GPUs in all but this "
+                    f"machine has {have}. Lower gpus_per_node, or use gpu_mode='logical' to only count them."
+                )
                 raise ConfigError(msg, field="gpus_per_node", value=self.gpus_per_node)
         if self.object_store_mb_per_node < 75:
             msg = f"object_store_mb_per_node={self.object_store_mb_per_node} is below Ray's minimum (75 MiB)."
@@ -172,8 +192,15 @@ class ClusterHandle:
     Use it as a context manager, or call :meth:`stop`.
     """
 
-    def __init__(self, *, address: str, embedded: bool, config: ClusterConfig | None, cluster: Any = None,
-                 temp_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        address: str,
+        embedded: bool,
+        config: ClusterConfig | None,
+        cluster: Any = None,
+        temp_dir: str | None = None,
+    ) -> None:
         self.address = address
         self.temp_dir = temp_dir
         self.embedded = embedded
@@ -201,13 +228,20 @@ class ClusterHandle:
             labels = dict(node.get("Labels", {}) or {})
             is_head = "node:__internal_head__" in res
             name = labels.get(NODE_LABEL) or ("head" if is_head else node["NodeID"][:8])
-            result.append(NodeInfo(
-                node_id=node["NodeID"], name=name, is_head=is_head, alive=True,
-                cpus=res.get("CPU", 0.0), gpus=res.get("GPU", 0.0),
-                memory_bytes=int(res.get("memory", 0)), object_store_bytes=int(res.get("object_store_memory", 0)),
-                labels={k: v for k, v in labels.items() if not k.startswith("ray.io/")},
-                resources={k: v for k, v in res.items() if not k.startswith("node:")},
-            ))
+            result.append(
+                NodeInfo(
+                    node_id=node["NodeID"],
+                    name=name,
+                    is_head=is_head,
+                    alive=True,
+                    cpus=res.get("CPU", 0.0),
+                    gpus=res.get("GPU", 0.0),
+                    memory_bytes=int(res.get("memory", 0)),
+                    object_store_bytes=int(res.get("object_store_memory", 0)),
+                    labels={k: v for k, v in labels.items() if not k.startswith("ray.io/")},
+                    resources={k: v for k, v in res.items() if not k.startswith("node:")},
+                )
+            )
         result.sort(key=lambda n: (not n.is_head, n.name))
         return result
 
@@ -240,20 +274,27 @@ class ClusterHandle:
         except Exception:  # noqa: BLE001 - repr must never raise
             return f"ClusterHandle(stopped={self._stopped})"
         lines = [f"ClusterHandle({'embedded' if self.embedded else 'external'}, {len(nodes)} nodes)"]
-        lines += [f"  {n.name:<10} {n.node_id[:12]}  CPU {n.cpus:g}  GPU {n.gpus:g}  "
-                  f"mem {n.memory_bytes / _GIB:.1f} GiB  store {n.object_store_bytes / _GIB:.2f} GiB"
-                  + ("  (head)" if n.is_head else "") for n in nodes]
+        lines += [
+            f"  {n.name:<10} {n.node_id[:12]}  CPU {n.cpus:g}  GPU {n.gpus:g}  "
+            f"mem {n.memory_bytes / _GIB:.1f} GiB  store {n.object_store_bytes / _GIB:.2f} GiB"
+            + ("  (head)" if n.is_head else "")
+            for n in nodes
+        ]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         import html
 
         rows = "".join(
-            f"<tr><td>{html.escape(n.name)}</td><td><code>{n.node_id[:12]}</code></td><td>{'yes' if n.is_head else ''}</td>"
-            f"<td>{n.cpus:g}</td><td>{n.gpus:g}</td><td>{n.memory_bytes / _GIB:.1f}</td><td>{n.object_store_bytes / _GIB:.2f}</td></tr>"
-            for n in self.nodes())
-        return ("<table><tr><th>node</th><th>id</th><th>head</th><th>CPU</th><th>GPU</th><th>memory GiB</th>"
-                f"<th>object store GiB</th></tr>{rows}</table>")
+            f"<tr><td>{html.escape(n.name)}</td><td><code>{n.node_id[:12]}</code></td>"
+            f"<td>{'yes' if n.is_head else ''}</td><td>{n.cpus:g}</td><td>{n.gpus:g}</td>"
+            f"<td>{n.memory_bytes / _GIB:.1f}</td><td>{n.object_store_bytes / _GIB:.2f}</td></tr>"
+            for n in self.nodes()
+        )
+        return (
+            "<table><tr><th>node</th><th>id</th><th>head</th><th>CPU</th><th>GPU</th><th>memory GiB</th>"
+            f"<th>object store GiB</th></tr>{rows}</table>"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return :meth:`describe`."""
@@ -300,11 +341,11 @@ _ACTIVE: set[ClusterHandle] = set()
 
 
 def _stop_all_at_exit() -> None:
+    import contextlib
+
     for handle in list(_ACTIVE):
-        try:
+        with contextlib.suppress(Exception):  # interpreter exit: nothing to report to
             handle.stop()
-        except Exception:  # noqa: BLE001, S110 - interpreter exit: nothing to report to
-            pass
 
 
 atexit.register(_stop_all_at_exit)
@@ -380,9 +421,11 @@ def _check_memory(config: ClusterConfig) -> None:
     need = config.num_nodes * (config.object_store_mb_per_node * 1024**2 + 300 * 1024**2)
     avail = psutil.virtual_memory().available
     if need > avail:
-        msg = (f"An embedded cluster of {config.num_nodes} nodes needs about {need / _GIB:.1f} GiB "
-               f"(object stores + raylets) but only {avail / _GIB:.1f} GiB is available. "
-               "Lower num_nodes or object_store_mb_per_node, or stop other programs.")
+        msg = (
+            f"An embedded cluster of {config.num_nodes} nodes needs about {need / _GIB:.1f} GiB "
+            f"(object stores + raylets) but only {avail / _GIB:.1f} GiB is available. "
+            "Lower num_nodes or object_store_mb_per_node, or stop other programs."
+        )
         raise ConfigError(msg, field="num_nodes", value=config.num_nodes)
 
 
@@ -459,8 +502,9 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 args["env_vars"] = {"CUDA_VISIBLE_DEVICES": devices}
             cluster.add_node(**args)
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-        handle = ClusterHandle(address=cluster.address, embedded=True, config=config, cluster=cluster,
-                               temp_dir=temp_root)
+        handle = ClusterHandle(
+            address=cluster.address, embedded=True, config=config, cluster=cluster, temp_dir=temp_root
+        )
         _ACTIVE.add(handle)
         _wait_for_nodes(config.num_nodes, config.start_timeout_s)
     except BaseException as err:
@@ -505,9 +549,11 @@ def _check_reachable(address: str, timeout_s: float) -> None:
         with socket.create_connection((host.strip("[]"), port_num), timeout=timeout_s):
             return
     except OSError as err:
-        msg = (f"Cannot reach the Ray cluster at '{_redact_address(address)}' ({err}). Check that the head is "
-               "running (start it with `ray start --head`; `ray status` on the head shows it), the address and "
-               "port, and the firewall; or use cluster_address=None for the embedded cluster.")
+        msg = (
+            f"Cannot reach the Ray cluster at '{_redact_address(address)}' ({err}). Check that the head is "
+            "running (start it with `ray start --head`; `ray status` on the head shows it), the address and "
+            "port, and the firewall; or use cluster_address=None for the embedded cluster."
+        )
         raise ClusterError(msg, address=_redact_address(address)) from None
 
 
@@ -550,11 +596,17 @@ def connect_cluster(address: str | None = "auto", *, timeout_s: float = 10.0) ->
         text = str(err)
         hint = ""
         if "auth" in text.lower() or "token" in text.lower() or "unauthenticated" in text.lower():
-            hint = (" The cluster uses token authentication: set RAY_AUTH_TOKEN on this machine or copy "
-                    "the head's token file to ~/.ray/auth_token (`ray get-auth-token` on the head prints it).")
+            hint = (
+                " The cluster uses token authentication: set RAY_AUTH_TOKEN on this machine or copy "
+                "the head's token file to ~/.ray/auth_token (`ray get-auth-token` on the head prints it)."
+            )
         elif address == "auto":
-            hint = " No local cluster was found: start one with `ray start --head`, set RAY_ADDRESS, or use the embedded cluster."
-        msg = f"Connecting to the Ray cluster at '{_redact_address(address)}' failed: {text.splitlines()[0] if text else err!r}.{hint}"
+            hint = (
+                " No local cluster was found: start one with `ray start --head`, set RAY_ADDRESS, "
+                "or use the embedded cluster."
+            )
+        first = text.splitlines()[0] if text else repr(err)
+        msg = f"Connecting to the Ray cluster at '{_redact_address(address)}' failed: {first}.{hint}"
         raise ClusterError(msg, address=_redact_address(address)) from None
     return ClusterHandle(address=address, embedded=False, config=None)
 

@@ -81,19 +81,37 @@ class TopologyRun:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (summary, diagnosis, telemetry summary; records not included)."""
-        return {"name": self.name, "url": self.url, "tail_ratio_ttft": self.tail_ratio("ttft"),
-                "tail_ratio_e2e": self.tail_ratio("e2e"),
-                "engine_activity_tail": self.engine_activity,
-                "engine_activity_overall": self.engine_activity_overall, "summary": self.summary.to_dict(),
-                "diagnosis": self.diagnosis.to_dict(),
-                "telemetry_notes": list(getattr(self.telemetry, "notes", []) or [])}
+        return {
+            "name": self.name,
+            "url": self.url,
+            "tail_ratio_ttft": self.tail_ratio("ttft"),
+            "tail_ratio_e2e": self.tail_ratio("e2e"),
+            "engine_activity_tail": self.engine_activity,
+            "engine_activity_overall": self.engine_activity_overall,
+            "summary": self.summary.to_dict(),
+            "diagnosis": self.diagnosis.to_dict(),
+            "telemetry_notes": list(getattr(self.telemetry, "notes", []) or []),
+        }
 
 
-def run_topology(name: str, url: str, *, model: str | None = None, rate_rps: float = 6.0,
-                 duration_s: float = 20.0, max_tokens: int = 24, prompt_tokens: int = 32,
-                 arrival: str = "poisson", burstiness: float = 1.0, warmup_requests: int = 4, seed: int = 0,
-                 records_dir: str | Path | None = None, telemetry: bool = True, progress: bool = True,
-                 timeout_s: float = 60.0) -> TopologyRun:
+def run_topology(
+    name: str,
+    url: str,
+    *,
+    model: str | None = None,
+    rate_rps: float = 6.0,
+    duration_s: float = 20.0,
+    max_tokens: int = 24,
+    prompt_tokens: int = 32,
+    arrival: str = "poisson",
+    burstiness: float = 1.0,
+    warmup_requests: int = 4,
+    seed: int = 0,
+    records_dir: str | Path | None = None,
+    telemetry: bool = True,
+    progress: bool = True,
+    timeout_s: float = 60.0,
+) -> TopologyRun:
     """Drive one door with open-loop load while recording telemetry; summarize and diagnose.
 
     Parameters
@@ -140,11 +158,22 @@ def run_topology(name: str, url: str, *, model: str | None = None, rate_rps: flo
     if records_dir is not None:
         Path(records_dir).mkdir(parents=True, exist_ok=True)
         records_path = str(Path(records_dir) / f"{name}-{rate_rps:g}rps.jsonl")
-    config = LoadConfig(url=url, model=model, arrival=arrival, burstiness=burstiness, rate_rps=rate_rps,
-                        duration_s=duration_s,
-                        max_tokens=max_tokens, prompt_tokens=prompt_tokens, warmup_requests=warmup_requests,
-                        seed=seed, ignore_eos=True, temperature=0.0, timeout_s=timeout_s,
-                        hard_stop_s=duration_s * 3 + 60)
+    config = LoadConfig(
+        url=url,
+        model=model,
+        arrival=arrival,
+        burstiness=burstiness,
+        rate_rps=rate_rps,
+        duration_s=duration_s,
+        max_tokens=max_tokens,
+        prompt_tokens=prompt_tokens,
+        warmup_requests=warmup_requests,
+        seed=seed,
+        ignore_eos=True,
+        temperature=0.0,
+        timeout_s=timeout_s,
+        hard_stop_s=duration_s * 3 + 60,
+    )
     recorder = TelemetryRecorder(processes="serve", name=name) if telemetry else None
     if recorder is not None:
         with recorder:
@@ -183,21 +212,37 @@ class ExperimentResult:
         factor = tg / tb if tg and tb else None
         tail_grew = factor is not None and factor >= TAIL_RATIO_FACTOR
         not_busier = ag is not None and ab is not None and ag <= ab * (1 + ACTIVITY_TOLERANCE)
-        right = (gated.diagnosis.verdict == "coordinator_bottleneck"
-                 and base.diagnosis.verdict != "coordinator_bottleneck")
-        return {"rate_rps": self.rate_rps, "metric": self.metric, "tail_ratio_gated": tg, "tail_ratio_baseline": tb, "tail_factor": factor,
-                "tail_factor_min": TAIL_RATIO_FACTOR, "activity_gated": ag, "activity_baseline": ab,
-                "activity_tolerance": ACTIVITY_TOLERANCE, "verdict_gated": gated.diagnosis.verdict,
-                "verdict_baseline": base.diagnosis.verdict,
-                "e2e_tail_ratio_gated": gated.tail_ratio("e2e"), "e2e_tail_ratio_baseline": base.tail_ratio("e2e"),
-                "tail_grew": tail_grew,
-                "engines_not_busier": not_busier, "diagnosis_right": right,
-                "holds": bool(tail_grew and not_busier and right)}
+        right = (
+            gated.diagnosis.verdict == "coordinator_bottleneck" and base.diagnosis.verdict != "coordinator_bottleneck"
+        )
+        return {
+            "rate_rps": self.rate_rps,
+            "metric": self.metric,
+            "tail_ratio_gated": tg,
+            "tail_ratio_baseline": tb,
+            "tail_factor": factor,
+            "tail_factor_min": TAIL_RATIO_FACTOR,
+            "activity_gated": ag,
+            "activity_baseline": ab,
+            "activity_tolerance": ACTIVITY_TOLERANCE,
+            "verdict_gated": gated.diagnosis.verdict,
+            "verdict_baseline": base.diagnosis.verdict,
+            "e2e_tail_ratio_gated": gated.tail_ratio("e2e"),
+            "e2e_tail_ratio_baseline": base.tail_ratio("e2e"),
+            "tail_grew": tail_grew,
+            "engines_not_busier": not_busier,
+            "diagnosis_right": right,
+            "holds": bool(tail_grew and not_busier and right),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {"rate_rps": self.rate_rps, "claim": self.claim(),
-                "runs": {k: v.to_dict() for k, v in self.runs.items()}, "notes": self.notes}
+        return {
+            "rate_rps": self.rate_rps,
+            "claim": self.claim(),
+            "runs": {k: v.to_dict() for k, v in self.runs.items()},
+            "notes": self.notes,
+        }
 
     def __repr__(self) -> str:
         c = self.claim()
@@ -205,20 +250,33 @@ class ExperimentResult:
         def fmt(x: Any) -> str:
             return "n/a" if x is None else f"{x:.2f}"
 
-        return (f"ExperimentResult at {self.rate_rps:g} req/s: {self.metric} p99/p50 {self.gated} {fmt(c['tail_ratio_gated'])} vs "
-                f"{self.baseline} {fmt(c['tail_ratio_baseline'])} (x{fmt(c['tail_factor'])}, needs >= "
-                f"{TAIL_RATIO_FACTOR:g}); engine activity {fmt(c['activity_gated'])} vs {fmt(c['activity_baseline'])}; "
-                f"verdicts {c['verdict_gated']} / {c['verdict_baseline']}; claim holds: {c['holds']}")
+        return (
+            f"ExperimentResult at {self.rate_rps:g} req/s: {self.metric} p99/p50 "
+            f"{self.gated} {fmt(c['tail_ratio_gated'])} vs "
+            f"{self.baseline} {fmt(c['tail_ratio_baseline'])} (x{fmt(c['tail_factor'])}, needs >= "
+            f"{TAIL_RATIO_FACTOR:g}); engine activity {fmt(c['activity_gated'])} vs {fmt(c['activity_baseline'])}; "
+            f"verdicts {c['verdict_gated']} / {c['verdict_baseline']}; claim holds: {c['holds']}"
+        )
 
     def _repr_html_(self) -> str:
         c = self.claim()
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v if not isinstance(v, float) else round(v, 3)))}</td></tr>"
-                       for k, v in c.items())
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td>"
+            f"<td>{html.escape(str(v if not isinstance(v, float) else round(v, 3)))}</td></tr>"
+            for k, v in c.items()
+        )
         return f"<table><tr><th>claim</th><th>value</th></tr>{rows}</table>"
 
 
-def compare_topologies(doors: Mapping[str, str], *, rate_rps: float, gated: str = "gated",
-                       baseline: str = "distributed", metric: str = "ttft", **kwargs: Any) -> ExperimentResult:
+def compare_topologies(
+    doors: Mapping[str, str],
+    *,
+    rate_rps: float,
+    gated: str = "gated",
+    baseline: str = "distributed",
+    metric: str = "ttft",
+    **kwargs: Any,
+) -> ExperimentResult:
     """Drive each door in turn at the same offered load and check the lesson's claim.
 
     Parameters
@@ -277,8 +335,14 @@ def sweep_topologies(doors: Mapping[str, str], rates_rps: Sequence[float], **kwa
     return out
 
 
-def load_panel(doors: Mapping[str, str], *, rate_rps: float = 6.0, duration_s: float = 10.0,
-               max_tokens: int = 24, max_rate_rps: float = 30.0) -> Any:
+def load_panel(
+    doors: Mapping[str, str],
+    *,
+    rate_rps: float = 6.0,
+    duration_s: float = 10.0,
+    max_tokens: int = 24,
+    max_rate_rps: float = 30.0,
+) -> Any:
     """Return an ipywidgets panel: pick a door, a rate and a duration, run, see the histogram.
 
     Parameters
@@ -326,8 +390,15 @@ def load_panel(doors: Mapping[str, str], *, rate_rps: float = 6.0, duration_s: f
         output.clear_output()
         try:
             with output:
-                run = run_topology(door.value, doors[door.value], rate_rps=rate.value, duration_s=duration.value,
-                                   max_tokens=max_tokens, telemetry=False, warmup_requests=2)
+                run = run_topology(
+                    door.value,
+                    doors[door.value],
+                    rate_rps=rate.value,
+                    duration_s=duration.value,
+                    max_tokens=max_tokens,
+                    telemetry=False,
+                    warmup_requests=2,
+                )
                 display(run.summary)
                 display(plot_latency_histogram(run.result, "e2e", name=f"{door.value} @ {rate.value:g} req/s"))
             status.value = f"done: verdict <b>{html.escape(run.diagnosis.verdict)}</b>"

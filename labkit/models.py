@@ -73,21 +73,56 @@ _CHAT_TEMPLATE = (
 
 # Shapes of real models (public configs), for load_format="dummy" on GPUs.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "llama-2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                   "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
-                   "max_position_embeddings": 4096, "rope_theta": 10000.0},
-    "llama-2-13b": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-                    "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000,
-                    "max_position_embeddings": 4096, "rope_theta": 10000.0},
-    "llama-2-70b": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
-                    "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000,
-                    "max_position_embeddings": 4096, "rope_theta": 10000.0},
-    "llama-3.1-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                     "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-                     "max_position_embeddings": 8192, "rope_theta": 500000.0},
-    "llama-3.1-70b": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
-                      "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
-                      "max_position_embeddings": 8192, "rope_theta": 500000.0},
+    "llama-2-7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+    },
+    "llama-2-13b": {
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 40,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+    },
+    "llama-2-70b": {
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+    },
+    "llama-3.1-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+    },
+    "llama-3.1-70b": {
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+    },
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -142,8 +177,10 @@ def hash_directory(path: str | Path) -> str:
     """
     root = Path(path)
     if not root.exists():
-        msg = (f"Model path '{root}' does not exist. Make the tiny model with "
-               "labkit.make_tiny_model() or pass an existing directory.")
+        msg = (
+            f"Model path '{root}' does not exist. Make the tiny model with "
+            "labkit.make_tiny_model() or pass an existing directory."
+        )
         raise ModelError(msg, path=str(root))
     digest = hashlib.sha256()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
@@ -185,7 +222,8 @@ def count_parameters(config: dict[str, Any]) -> int:
 
 def _default_cache_dir() -> Path:
     base = os.environ.get("LABKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "labkit")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "labkit"
+    )
     return Path(base) / "models"
 
 
@@ -193,17 +231,158 @@ def _training_corpus() -> list[str]:
     """Deterministic English-like text about serving, for training the tokenizer."""
     import random  # stdlib; Random(seed).choice is stable across Python versions
 
-    words = (
-        "the a an of to in on for with across between each every one two four eight node nodes "
-        "replica replicas request requests token tokens latency throughput percentile tail p50 p95 "
-        "p99 queue proxy router coordinator engine engines gpu gpus cpu tensor pipeline parallel "
-        "model models serve serving cluster ray vllm batch batches prefill decode cache memory "
-        "time first last load balance balancer bottleneck saturation histogram inference learner "
-        "is are was were be will can should must not and or but if then when while because so "
-        "fast slow high low more less small large wait waits waiting spike spikes under over "
-        "quick brown fox jumps lazy dog hello world question answer what why how where who "
-        "0 1 2 3 4 5 6 7 8 9 10 16 32 64 100 128 256 512 1024 ms s % . , ; : ! ? ( ) - ' \""
-    ).split()
+    words = [
+        "the",
+        "a",
+        "an",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "across",
+        "between",
+        "each",
+        "every",
+        "one",
+        "two",
+        "four",
+        "eight",
+        "node",
+        "nodes",
+        "replica",
+        "replicas",
+        "request",
+        "requests",
+        "token",
+        "tokens",
+        "latency",
+        "throughput",
+        "percentile",
+        "tail",
+        "p50",
+        "p95",
+        "p99",
+        "queue",
+        "proxy",
+        "router",
+        "coordinator",
+        "engine",
+        "engines",
+        "gpu",
+        "gpus",
+        "cpu",
+        "tensor",
+        "pipeline",
+        "parallel",
+        "model",
+        "models",
+        "serve",
+        "serving",
+        "cluster",
+        "ray",
+        "vllm",
+        "batch",
+        "batches",
+        "prefill",
+        "decode",
+        "cache",
+        "memory",
+        "time",
+        "first",
+        "last",
+        "load",
+        "balance",
+        "balancer",
+        "bottleneck",
+        "saturation",
+        "histogram",
+        "inference",
+        "learner",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "will",
+        "can",
+        "should",
+        "must",
+        "not",
+        "and",
+        "or",
+        "but",
+        "if",
+        "then",
+        "when",
+        "while",
+        "because",
+        "so",
+        "fast",
+        "slow",
+        "high",
+        "low",
+        "more",
+        "less",
+        "small",
+        "large",
+        "wait",
+        "waits",
+        "waiting",
+        "spike",
+        "spikes",
+        "under",
+        "over",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "lazy",
+        "dog",
+        "hello",
+        "world",
+        "question",
+        "answer",
+        "what",
+        "why",
+        "how",
+        "where",
+        "who",
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+        "7",
+        "8",
+        "9",
+        "10",
+        "16",
+        "32",
+        "64",
+        "100",
+        "128",
+        "256",
+        "512",
+        "1024",
+        "ms",
+        "s",
+        "%",
+        ".",
+        ",",
+        ";",
+        ":",
+        "!",
+        "?",
+        "(",
+        ")",
+        "-",
+        "'",
+        '"',
+    ]
     rng = random.Random(20260101)
     lines = []
     for _ in range(3000):
@@ -239,8 +418,10 @@ def _write_tokenizer(directory: Path, vocab_size: int, model_max_length: int) ->
         "chat_template": _CHAT_TEMPLATE,
     }
     _write_json(directory / "tokenizer_config.json", config)
-    _write_json(directory / "special_tokens_map.json", {
-        "bos_token": _SPECIAL_TOKENS[1], "eos_token": _SPECIAL_TOKENS[2], "pad_token": _SPECIAL_TOKENS[0]})
+    _write_json(
+        directory / "special_tokens_map.json",
+        {"bos_token": _SPECIAL_TOKENS[1], "eos_token": _SPECIAL_TOKENS[2], "pad_token": _SPECIAL_TOKENS[0]},
+    )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -302,8 +483,9 @@ def make_tiny_model(directory: str | Path | None = None, *, seed: int = 0, force
     ModelError
         If the directory cannot be written.
     """
-    target = Path(directory) if directory else (
-        _default_cache_dir() / f"{TINY_MODEL_NAME}-v{_GENERATOR_VERSION}-s{seed}")
+    target = (
+        Path(directory) if directory else (_default_cache_dir() / f"{TINY_MODEL_NAME}-v{_GENERATOR_VERSION}-s{seed}")
+    )
     marker = target / ".complete"
     if marker.exists() and not force:
         return target
@@ -318,9 +500,10 @@ def make_tiny_model(directory: str | Path | None = None, *, seed: int = 0, force
     try:
         config = dict(_TINY_CONFIG)
         _write_json(staging / "config.json", config)
-        _write_json(staging / "generation_config.json", {
-            "bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
-            "do_sample": False})
+        _write_json(
+            staging / "generation_config.json",
+            {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], "do_sample": False},
+        )
         save_file(_tiny_weights(config, seed), str(staging / "model.safetensors"), metadata={"format": "pt"})
         _write_tokenizer(staging, config["vocab_size"], config["max_position_embeddings"])
         (staging / ".complete").write_text(f"{TINY_MODEL_NAME} v{_GENERATOR_VERSION} seed {seed}\n")
@@ -407,7 +590,10 @@ def resolve_model(model: str | Path | None = None, *, served_name: str | None = 
     path = Path(text).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            msg = f"Model directory '{path}' has no config.json. Pass a Hugging Face-format model directory, 'tiny', or 'dummy:<arch>'."
+            msg = (
+                f"Model directory '{path}' has no config.json. Pass a Hugging Face-format model directory, "
+                "'tiny', or 'dummy:<arch>'."
+            )
             raise ModelError(msg, path=str(path))
         config = json.loads((path / "config.json").read_text())
         try:
@@ -415,10 +601,14 @@ def resolve_model(model: str | Path | None = None, *, served_name: str | None = 
         except KeyError:
             params = None
         return ModelSpec(str(path.resolve()), served_name or path.name, "auto", True, params)
-    looks_local = text.startswith((".", "/", "~")) or os.sep in text.strip("/").split("/", 1)[-1] or not _HUB_ID.match(text)
+    looks_local = (
+        text.startswith((".", "/", "~")) or os.sep in text.strip("/").split("/", 1)[-1] or not _HUB_ID.match(text)
+    )
     if looks_local:
-        msg = (f"Model path '{text}' does not exist. Use 'tiny' (the offline tiny model), "
-               f"'dummy:<arch>' with arch in {sorted(ARCHITECTURES)}, an existing directory, or a Hub id like 'org/name'.")
+        msg = (
+            f"Model path '{text}' does not exist. Use 'tiny' (the offline tiny model), "
+            f"'dummy:<arch>' with arch in {sorted(ARCHITECTURES)}, an existing directory, or a Hub id like 'org/name'."
+        )
         raise ModelError(msg, path=text)
     return ModelSpec(text, served_name or text, "auto", False, None)
 

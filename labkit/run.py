@@ -50,14 +50,23 @@ class LabRun:
 
     def __repr__(self) -> str:
         lines = [f"LabRun({self.out_dir}, ok={self.ok})"]
-        lines += [f"  {r['notebook']:<32} {r['status']:<6} {r['seconds']:7.1f} s  {r.get('error') or ''}"
-                  for r in self.results]
+        lines += [
+            f"  {r['notebook']:<32} {r['status']:<6} {r['seconds']:7.1f} s  {r.get('error') or ''}"
+            for r in self.results
+        ]
         return "\n".join(lines)
 
 
-def run_lab(out_dir: str | Path | None = None, *, notebooks: Sequence[str] | None = None,
-            parameters: Mapping[str, Any] | None = None, per_notebook: Mapping[str, Mapping[str, Any]] | None = None,
-            kernel_name: str | None = None, timeout_s: float = 1800.0, stop_on_failure: bool = False) -> LabRun:
+def run_lab(
+    out_dir: str | Path | None = None,
+    *,
+    notebooks: Sequence[str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    per_notebook: Mapping[str, Mapping[str, Any]] | None = None,
+    kernel_name: str | None = None,
+    timeout_s: float = 1800.0,
+    stop_on_failure: bool = False,
+) -> LabRun:
     """Execute the chapter notebooks with papermill.
 
     Parameters
@@ -112,9 +121,16 @@ def run_lab(out_dir: str | Path | None = None, *, notebooks: Sequence[str] | Non
         before = list_session_dirs()
         entry: dict[str, Any] = {"notebook": name}
         try:
-            papermill.execute_notebook(str(source / name), str(out / name), parameters=params, cwd=str(source),
-                                       kernel_name=kernel_name, progress_bar=False, execution_timeout=timeout_s,
-                                       report_mode=False)
+            papermill.execute_notebook(
+                str(source / name),
+                str(out / name),
+                parameters=params,
+                cwd=str(source),
+                kernel_name=kernel_name,
+                progress_bar=False,
+                execution_timeout=timeout_s,
+                report_mode=False,
+            )
             entry["status"] = "ok"
         except papermill.PapermillExecutionError as err:
             entry.update(status="failed", error=f"cell {err.cell_index}: {err.ename}: {str(err.evalue)[:300]}")
@@ -142,8 +158,14 @@ def register_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser("run", help="execute every chapter notebook headless (papermill)")
     parser.add_argument("--out", default=None, help="run folder (default verification/runs/<timestamp>/)")
     parser.add_argument("--notebook", action="append", dest="notebooks", help="only this notebook (repeatable)")
-    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                        help="notebook parameter; VALUE is read as JSON when it parses, else as text")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="notebook parameter; VALUE is read as JSON when it parses, else as text",
+    )
     parser.add_argument("--stop-on-failure", action="store_true")
     parser.set_defaults(func=_cli_run)
 
@@ -168,8 +190,12 @@ def _cli_run(args: Any) -> int:
         out = str(Path(out) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     started = time.monotonic()
     try:
-        run = run_lab(out, notebooks=args.notebooks, parameters=_parse_parameters(args.parameter),
-                      stop_on_failure=args.stop_on_failure)
+        run = run_lab(
+            out,
+            notebooks=args.notebooks,
+            parameters=_parse_parameters(args.parameter),
+            stop_on_failure=args.stop_on_failure,
+        )
     except LabkitError:
         raise
     print(repr(run))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -157,37 +156,73 @@ class ServeConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values no cluster could use (checked before deploy)."""
         checks = [
-            (self.backend in ("cpu", "gpu"), "backend", f"backend={self.backend!r} is unknown. Available: ['cpu', 'gpu']"),
-            (isinstance(self.num_replicas, int) and self.num_replicas >= 1, "num_replicas",
-             f"num_replicas={self.num_replicas!r} must be an integer >= 1."),
-            (isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1, "tensor_parallel_size",
-             f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1."),
-            (isinstance(self.pipeline_parallel_size, int) and self.pipeline_parallel_size >= 1, "pipeline_parallel_size",
-             f"pipeline_parallel_size={self.pipeline_parallel_size!r} must be an integer >= 1."),
-            (self.proxy_location in ("EveryNode", "HeadOnly"), "proxy_location",
-             f"proxy_location={self.proxy_location!r} is unknown. Available: ['EveryNode', 'HeadOnly']"),
-            (self.placement in ("spread", "packed"), "placement",
-             f"placement={self.placement!r} is unknown. Available: ['packed', 'spread']"),
-            (self.coordinator_max_concurrency >= 1, "coordinator_max_concurrency",
-             f"coordinator_max_concurrency={self.coordinator_max_concurrency!r} must be >= 1."),
-            (self.max_ongoing_requests >= 1, "max_ongoing_requests",
-             f"max_ongoing_requests={self.max_ongoing_requests!r} must be >= 1."),
-            (self.request_router in ROUTERS or ":" in self.request_router, "request_router",
-             f"request_router={self.request_router!r} is unknown. Available: {sorted(ROUTERS)} or 'module:Class'."),
+            (
+                self.backend in ("cpu", "gpu"),
+                "backend",
+                f"backend={self.backend!r} is unknown. Available: ['cpu', 'gpu']",
+            ),
+            (
+                isinstance(self.num_replicas, int) and self.num_replicas >= 1,
+                "num_replicas",
+                f"num_replicas={self.num_replicas!r} must be an integer >= 1.",
+            ),
+            (
+                isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1,
+                "tensor_parallel_size",
+                f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1.",
+            ),
+            (
+                isinstance(self.pipeline_parallel_size, int) and self.pipeline_parallel_size >= 1,
+                "pipeline_parallel_size",
+                f"pipeline_parallel_size={self.pipeline_parallel_size!r} must be an integer >= 1.",
+            ),
+            (
+                self.proxy_location in ("EveryNode", "HeadOnly"),
+                "proxy_location",
+                f"proxy_location={self.proxy_location!r} is unknown. Available: ['EveryNode', 'HeadOnly']",
+            ),
+            (
+                self.placement in ("spread", "packed"),
+                "placement",
+                f"placement={self.placement!r} is unknown. Available: ['packed', 'spread']",
+            ),
+            (
+                self.coordinator_max_concurrency >= 1,
+                "coordinator_max_concurrency",
+                f"coordinator_max_concurrency={self.coordinator_max_concurrency!r} must be >= 1.",
+            ),
+            (
+                self.max_ongoing_requests >= 1,
+                "max_ongoing_requests",
+                f"max_ongoing_requests={self.max_ongoing_requests!r} must be >= 1.",
+            ),
+            (
+                self.request_router in ROUTERS or ":" in self.request_router,
+                "request_router",
+                f"request_router={self.request_router!r} is unknown. Available: {sorted(ROUTERS)} or 'module:Class'.",
+            ),
             (0 < self.port < 65536, "port", f"port={self.port!r} must be in 1..65535."),
-            (1 <= self.max_tokens_limit <= self.max_model_len, "max_tokens_limit",
-             f"max_tokens_limit={self.max_tokens_limit!r} must be in 1..max_model_len ({self.max_model_len})."),
+            (
+                1 <= self.max_tokens_limit <= self.max_model_len,
+                "max_tokens_limit",
+                f"max_tokens_limit={self.max_tokens_limit!r} must be in 1..max_model_len ({self.max_model_len}).",
+            ),
             (self.kv_cache_gib > 0, "kv_cache_gib", f"kv_cache_gib={self.kv_cache_gib!r} must be > 0."),
-            (0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization",
-             f"gpu_memory_utilization={self.gpu_memory_utilization!r} must be in (0, 1]."),
+            (
+                0 < self.gpu_memory_utilization <= 1,
+                "gpu_memory_utilization",
+                f"gpu_memory_utilization={self.gpu_memory_utilization!r} must be in (0, 1].",
+            ),
         ]
         for ok, name, msg in checks:
             if not ok:
                 raise ConfigError(msg, field=name, value=getattr(self, name))
         if self.backend == "cpu" and self.devices_per_replica > 1:
-            msg = (f"TP x PP = {self.tensor_parallel_size} x {self.pipeline_parallel_size} needs backend='gpu'. "
-                   "On the CPU backend each replica is one engine (TP 1 x PP 1); use plan_placement(..., "
-                   "backend='gpu') on a cluster with logical GPUs to study where TP x PP would land.")
+            msg = (
+                f"TP x PP = {self.tensor_parallel_size} x {self.pipeline_parallel_size} needs backend='gpu'. "
+                "On the CPU backend each replica is one engine (TP 1 x PP 1); use plan_placement(..., "
+                "backend='gpu') on a cluster with logical GPUs to study where TP x PP would land."
+            )
             raise ConfigError(msg, field="backend", value=self.backend)
 
     def to_dict(self) -> dict[str, Any]:
@@ -290,36 +325,51 @@ def plan_placement(config: ServeConfig, nodes: list[Any] | None = None) -> Place
         if config.placement == "packed":
             target = max(slots, key=lambda k: slots[k])
             if slots[target] < replicas:
-                msg = (f"placement='packed' puts {replicas} replicas of {cpu:g} CPU on one node, but the largest "
-                       f"worker node ({target}) has room for {slots[target]}. Lower num_replicas or cpus_per_replica.")
+                msg = (
+                    f"placement='packed' puts {replicas} replicas of {cpu:g} CPU on one node, but the largest "
+                    f"worker node ({target}) has room for {slots[target]}. Lower num_replicas or cpus_per_replica."
+                )
                 raise PlacementError(msg, needed={"CPU": replicas * cpu}, available={target: slots[target] * cpu})
             forecast = [[target]] * replicas
-            return PlacementPlan([], "PACK", {"num_cpus": cpu, "resources": {f"labkit_node_{target}": 0.001}},
-                                 None, forecast, f"All {replicas} replicas packed on {target}.")
+            return PlacementPlan(
+                [],
+                "PACK",
+                {"num_cpus": cpu, "resources": {f"labkit_node_{target}": 0.001}},
+                None,
+                forecast,
+                f"All {replicas} replicas packed on {target}.",
+            )
         usable = [k for k, v in slots.items() if v >= 1]
         if len(usable) < replicas:
-            msg = (f"placement='spread' puts at most one replica per node: {replicas} replicas need {replicas} nodes "
-                   f"with {cpu:g} free CPU, the cluster has {len(usable)} ({usable}). Add nodes, lower num_replicas, "
-                   "or use placement='packed'.")
+            msg = (
+                f"placement='spread' puts at most one replica per node: {replicas} replicas need {replicas} nodes "
+                f"with {cpu:g} free CPU, the cluster has {len(usable)} ({usable}). Add nodes, lower num_replicas, "
+                "or use placement='packed'."
+            )
             raise PlacementError(msg, needed={"nodes": replicas}, available={"nodes": len(usable)})
         forecast = [[name] for name in usable[:replicas]]
-        return PlacementPlan([], "SPREAD", {"num_cpus": cpu}, 1, forecast,
-                             f"{replicas} replicas, at most one per node.")
+        return PlacementPlan(
+            [], "SPREAD", {"num_cpus": cpu}, 1, forecast, f"{replicas} replicas, at most one per node."
+        )
     # GPU backend: one bundle per device; TP ranks share a node, PP stages go to other nodes.
     gpus = {n["name"]: int(n["gpus"]) for n in info}
     devices = tp * pp
     largest = max(gpus.values(), default=0)
     if tp > largest:
-        msg = (f"a replica needs {devices} GPUs (TP {tp} x PP {pp}); TP {tp} must fit inside one node but the largest "
-               f"node has {largest}. Lower tensor_parallel_size to <= {largest}.")
+        msg = (
+            f"a replica needs {devices} GPUs (TP {tp} x PP {pp}); TP {tp} must fit inside one node but the largest "
+            f"node has {largest}. Lower tensor_parallel_size to <= {largest}."
+        )
         raise PlacementError(msg, needed={"GPU": devices, "GPU_per_node": tp}, available=gpus)
     stage_slots = {k: v // tp for k, v in gpus.items()}
     total_stages = sum(stage_slots.values())
     if total_stages < pp * replicas:
-        msg = (f"a replica needs {devices} GPUs (TP {tp} x PP {pp}); the largest node has {largest} and PP across "
-               f"nodes needs {pp} pipeline stages of {tp} GPUs each per replica, {pp * replicas} for {replicas} "
-               f"replica(s); the cluster holds {total_stages} such stages ({gpus}). Add GPU nodes, lower "
-               "num_replicas, or lower TP x PP.")
+        msg = (
+            f"a replica needs {devices} GPUs (TP {tp} x PP {pp}); the largest node has {largest} and PP across "
+            f"nodes needs {pp} pipeline stages of {tp} GPUs each per replica, {pp * replicas} for {replicas} "
+            f"replica(s); the cluster holds {total_stages} such stages ({gpus}). Add GPU nodes, lower "
+            "num_replicas, or lower TP x PP."
+        )
         raise PlacementError(msg, needed={"GPU": devices * replicas}, available=gpus)
     forecast: list[list[str]] = []
     free = dict(stage_slots)
@@ -334,9 +384,15 @@ def plan_placement(config: ServeConfig, nodes: list[Any] | None = None) -> Place
     if devices == 1:
         return PlacementPlan([], "PACK", {"num_cpus": cpu, "num_gpus": 1}, None, forecast, "One GPU per replica.")
     bundles = [{"CPU": cpu, "GPU": 1.0}] + [{"GPU": 1.0} for _ in range(devices - 1)]
-    return PlacementPlan(bundles, "PACK", {"num_cpus": cpu}, None, forecast,
-                         f"Each replica reserves {devices} GPU bundles (TP {tp} x PP {pp}): TP ranks share a node, "
-                         f"PP stages span {len(set(forecast[0]))} node(s).")
+    return PlacementPlan(
+        bundles,
+        "PACK",
+        {"num_cpus": cpu},
+        None,
+        forecast,
+        f"Each replica reserves {devices} GPU bundles (TP {tp} x PP {pp}): TP ranks share a node, "
+        f"PP stages span {len(set(forecast[0]))} node(s).",
+    )
 
 
 def check_memory(config: ServeConfig, available_bytes: int | None = None) -> dict[str, float]:
@@ -367,8 +423,10 @@ def check_memory(config: ServeConfig, available_bytes: int | None = None) -> dic
     needed = per_engine * config.num_replicas
     avail = available_bytes / _GIB
     if needed > avail:
-        msg = (f"{config.num_replicas} engines need about {needed:.1f} GiB ({config.kv_cache_gib:g} GiB KV cache + "
-               f"~1.5 GiB each) but {avail:.1f} GiB is available. Lower num_replicas or kv_cache_gib.")
+        msg = (
+            f"{config.num_replicas} engines need about {needed:.1f} GiB ({config.kv_cache_gib:g} GiB KV cache + "
+            f"~1.5 GiB each) but {avail:.1f} GiB is available. Lower num_replicas or kv_cache_gib."
+        )
         raise ConfigError(msg, field="num_replicas", value=config.num_replicas)
     return {"needed_gib": needed, "available_gib": avail}
 
@@ -399,8 +457,13 @@ def _engine_args(config: ServeConfig, spec: Any) -> dict[str, Any]:
 def _runtime_env(config: ServeConfig) -> dict[str, Any]:
     env = {"VLLM_CONFIGURE_LOGGING": "0", "TOKENIZERS_PARALLELISM": "false"}
     if config.backend == "cpu":
-        env.update({"VLLM_CPU_KVCACHE_SPACE": f"{config.kv_cache_gib:g}", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-                    "OMP_NUM_THREADS": "1"})
+        env.update(
+            {
+                "VLLM_CPU_KVCACHE_SPACE": f"{config.kv_cache_gib:g}",
+                "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                "OMP_NUM_THREADS": "1",
+            }
+        )
     else:
         env.update({"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"})
     return {"env_vars": env}
@@ -432,8 +495,11 @@ def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
         "served_name": served,
         "max_model_len": config.max_model_len,
         "engine_args": _engine_args(config, spec),
-        "limits": {"max_tokens_limit": config.max_tokens_limit, "max_prompt_chars": config.max_prompt_chars,
-                   "max_body_bytes": config.max_body_bytes},
+        "limits": {
+            "max_tokens_limit": config.max_tokens_limit,
+            "max_prompt_chars": config.max_prompt_chars,
+            "max_body_bytes": config.max_body_bytes,
+        },
         "telemetry": config.telemetry,
     }
     actor_options = dict(plan.ray_actor_options)
@@ -461,8 +527,11 @@ def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
     if not config.coordinator:
         return llm
     coord = serve.deployment(_replica.Coordinator).options(
-        name="Coordinator", num_replicas=1, max_ongoing_requests=100_000,
-        ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}})
+        name="Coordinator",
+        num_replicas=1,
+        max_ongoing_requests=100_000,
+        ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}},
+    )
     return coord.bind(llm, config.coordinator_max_concurrency, config.telemetry)
 
 
@@ -501,19 +570,33 @@ class Deployment:
         dict
             The OpenAI response, plus ``labkit`` attribution and ``_headers``.
         """
-        body = {"model": self.served_model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-                **extra}
-        return post_json(f"{self.url}/v1/completions", body, timeout_s=timeout_s,
-                         headers={"x-labkit-sent-at": f"{time.time():.6f}"})
+        body = {
+            "model": self.served_model_name,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            **extra,
+        }
+        return post_json(
+            f"{self.url}/v1/completions", body, timeout_s=timeout_s, headers={"x-labkit-sent-at": f"{time.time():.6f}"}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description."""
-        return {"config": self.config.to_dict(), "model": self.model.to_dict(), "plan": self.plan.to_dict(),
-                "url": self.url, "deploy_s": self.deploy_s, "replicas": self.replicas}
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.to_dict(),
+            "plan": self.plan.to_dict(),
+            "url": self.url,
+            "deploy_s": self.deploy_s,
+            "replicas": self.replicas,
+        }
 
     def __repr__(self) -> str:
-        return (f"Deployment({self.config.app_name!r}, {self.config.num_replicas} replicas, "
-                f"proxies={self.config.proxy_location}, coordinator={self.config.coordinator}, url={self.url})")
+        return (
+            f"Deployment({self.config.app_name!r}, {self.config.num_replicas} replicas, "
+            f"proxies={self.config.proxy_location}, coordinator={self.config.coordinator}, url={self.url})"
+        )
 
     def shutdown(self) -> None:
         """Delete the application (Serve itself keeps running)."""
@@ -522,8 +605,9 @@ class Deployment:
         serve.delete(self.config.app_name)
 
 
-def post_json(url: str, body: dict[str, Any], *, timeout_s: float = 60.0,
-              headers: dict[str, str] | None = None) -> dict[str, Any]:
+def post_json(
+    url: str, body: dict[str, Any], *, timeout_s: float = 60.0, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """POST JSON with the standard library and return the decoded answer.
 
     Parameters
@@ -607,7 +691,10 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
     config = dataclasses.replace(config or ServeConfig(), **overrides)
     config.validate()
     if not ray.is_initialized():
-        msg = "No Ray cluster is connected. Start one first: labkit.start_cluster() (embedded) or labkit.connect_cluster('auto')."
+        msg = (
+            "No Ray cluster is connected. Start one first: labkit.start_cluster() (embedded) "
+            "or labkit.connect_cluster('auto')."
+        )
         raise DeploymentError(msg)
     spec = resolve_model(config.model, served_name=config.served_model_name)
     from labkit.cluster import ClusterHandle
@@ -659,8 +746,11 @@ def _wait_until_ready(deployment: Deployment, timeout_s: float, started: float) 
             except (DeploymentError, OSError) as err:
                 last = str(err)
         time.sleep(1.0)
-    msg = (f"Application '{deployment.config.app_name}' did not answer within {timeout_s:g} s ({last or 'still deploying'}). "
-           "Check `serve.status()` and the replica logs under the Ray session folder.")
+    msg = (
+        f"Application '{deployment.config.app_name}' did not answer within {timeout_s:g} s "
+        f"({last or 'still deploying'}). "
+        "Check `serve.status()` and the replica logs under the Ray session folder."
+    )
     raise DeploymentError(msg)
 
 
@@ -684,8 +774,16 @@ def list_replicas(app_name: str = "labkit") -> list[dict[str, Any]]:
     out = []
     for dep_name, dep in app.get("deployments", {}).items():
         for rep in dep.get("replicas", []):
-            out.append({"deployment": dep_name, "replica_id": rep.get("replica_id"), "node_id": rep.get("node_id"),
-                        "actor_name": rep.get("actor_name"), "pid": rep.get("pid"), "state": str(rep.get("state"))})
+            out.append(
+                {
+                    "deployment": dep_name,
+                    "replica_id": rep.get("replica_id"),
+                    "node_id": rep.get("node_id"),
+                    "actor_name": rep.get("actor_name"),
+                    "pid": rep.get("pid"),
+                    "state": str(rep.get("state")),
+                }
+            )
     return out
 
 
@@ -694,8 +792,10 @@ def list_proxies() -> list[dict[str, Any]]:
     from ray import serve
 
     details = serve.context._get_global_client().get_serve_details()
-    return [{"node_id": node_id, "actor_name": p.get("actor_name"), "pid": p.get("pid"), "status": str(p.get("status"))}
-            for node_id, p in details.get("proxies", {}).items()]
+    return [
+        {"node_id": node_id, "actor_name": p.get("actor_name"), "pid": p.get("pid"), "status": str(p.get("status"))}
+        for node_id, p in details.get("proxies", {}).items()
+    ]
 
 
 def _metric_name(line: str) -> str:
@@ -862,19 +962,26 @@ def reserve_placement(config: ServeConfig, *, timeout_s: float = 30.0) -> list[l
             groups.append(group)
             ready, _ = ray.wait([group.ready()], timeout=timeout_s)
             if not ready:
-                msg = (f"Ray could not reserve {bundles} ({plan.strategy}) within {timeout_s:g} s: the cluster's free "
-                       "resources do not fit (other deployments hold them?).")
+                msg = (
+                    f"Ray could not reserve {bundles} ({plan.strategy}) within {timeout_s:g} s: the cluster's free "
+                    "resources do not fit (other deployments hold them?)."
+                )
                 raise PlacementError(msg, needed={"bundles": len(bundles)})
-        return [[names.get(node, node) for node in
-                 (placement_group_table(g)["bundles_to_node_id"][i] for i in range(len(bundles)))]
-                for g in groups]
+        return [
+            [
+                names.get(node, node)
+                for node in (placement_group_table(g)["bundles_to_node_id"][i] for i in range(len(bundles)))
+            ]
+            for g in groups
+        ]
     finally:
         for group in groups:
             remove_placement_group(group)
 
 
-def deploy_coordinator(deployment: Deployment, *, max_concurrency: int = 2, name: str = "gated",
-                       route_prefix: str = "/gated") -> str:
+def deploy_coordinator(
+    deployment: Deployment, *, max_concurrency: int = 2, name: str = "gated", route_prefix: str = "/gated"
+) -> str:
     """Put a single gating coordinator (on the head) in front of an existing deployment's replicas.
 
     Both doors then reach the *same* engines: ``deployment.url`` routes straight to the replicas,
@@ -909,9 +1016,15 @@ def deploy_coordinator(deployment: Deployment, *, max_concurrency: int = 2, name
     from labkit import _replica
 
     handle = serve.get_deployment_handle("LLMServer", app_name=deployment.config.app_name)
-    app = serve.deployment(_replica.Coordinator).options(
-        name="Coordinator", num_replicas=1, max_ongoing_requests=100_000,
-        ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}},
-    ).bind(handle, max_concurrency, deployment.config.telemetry)
+    app = (
+        serve.deployment(_replica.Coordinator)
+        .options(
+            name="Coordinator",
+            num_replicas=1,
+            max_ongoing_requests=100_000,
+            ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}},
+        )
+        .bind(handle, max_concurrency, deployment.config.telemetry)
+    )
     serve.run(app, name=name, route_prefix=route_prefix)
     return deployment.url + route_prefix

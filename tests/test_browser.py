@@ -22,8 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SMALL = {"duration_s": 6.0, "sweep_rates": [2.0], "sweep_duration_s": 4.0, "max_tokens": 32,
-         "learner_id": "browser"}
+SMALL = {"duration_s": 6.0, "sweep_rates": [2.0], "sweep_duration_s": 4.0, "max_tokens": 32, "learner_id": "browser"}
 
 
 def _free_port() -> int:
@@ -57,10 +56,24 @@ def jupyter_lab(tmp_path):
     env = {**os.environ, "JUPYTER_TOKEN": token}
     log = open(tmp_path / "jupyter.log", "w")  # noqa: SIM115 - closed in the teardown below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.root_dir={workdir}", "--ServerApp.open_browser=False", "--LabApp.news_url=",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--ServerApp.root_dir={workdir}",
+            "--ServerApp.open_browser=False",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -91,15 +104,25 @@ def test_load_notebook_runs_in_jupyterlab_and_shows_histogram_and_panel(jupyter_
     artifacts.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             page.goto(f"{base}/lab/tree/load.ipynb?token={token}", timeout=90_000)
             page.wait_for_selector(".jp-Notebook", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-DebuggerBugButton, .jp-KernelStatus",
-                                   timeout=90_000)
+            page.wait_for_selector(
+                ".jp-Notebook-ExecutionIndicator, .jp-DebuggerBugButton, .jp-KernelStatus", timeout=90_000
+            )
             time.sleep(3)  # let the kernel connect
             page.click("text=Run", timeout=30_000)
             page.click("text=Run All Cells", timeout=30_000)
@@ -108,9 +131,11 @@ def test_load_notebook_runs_in_jupyterlab_and_shows_histogram_and_panel(jupyter_
             while time.monotonic() < deadline:
                 done = page.evaluate(
                     """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
-                               return p.length > 0 && /\\[\\d+\\]/.test(p[p.length - 1].textContent); }""")
-                errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] "
-                                      ":text('Traceback')").count()
+                               return p.length > 0 && /\\[\\d+\\]/.test(p[p.length - 1].textContent); }"""
+                )
+                errors = page.locator(
+                    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] :text('Traceback')"
+                ).count()
                 if done or errors:
                     break
                 time.sleep(2)

@@ -21,11 +21,14 @@ from labkit.errors import ClusterError, ConfigError
     ],
 )
 def test_bad_cluster_config_is_refused_before_start(overrides, field, words):
+    from labkit.cluster import list_session_dirs
+
+    before = list_session_dirs()
     with pytest.raises(ConfigError) as info:
         start_cluster(**overrides)
     assert info.value.field == field
     assert words in str(info.value)
-    assert find_ray_processes() == []
+    assert list_session_dirs() == before, "nothing may start before the config is checked"
 
 
 def test_unreachable_address_names_the_address_and_the_fix():
@@ -52,8 +55,9 @@ def test_cluster_with_logical_gpus_places_tp_inside_nodes_and_pp_across():
         assert len({n.node_id for n in handle.nodes()}) == 3
         topo = handle.describe()
         assert topo["num_nodes"] == 3 and topo["total_gpus"] == 4
-        placed = reserve_placement(ServeConfig(backend="gpu", num_replicas=1, tensor_parallel_size=2,
-                                               pipeline_parallel_size=2))
+        placed = reserve_placement(
+            ServeConfig(backend="gpu", num_replicas=1, tensor_parallel_size=2, pipeline_parallel_size=2)
+        )
         assert sorted(placed[0]) == ["worker-1", "worker-1", "worker-2", "worker-2"]
         marker = handle._session_marker()
     assert find_ray_processes(marker) == []

@@ -39,8 +39,10 @@ def test_sweep_shows_the_gated_knee_first(doors):
 
     rates = [1.0, 3.0]
     sweep = sweep_topologies(doors, rates, duration_s=12.0, max_tokens=LESSON_WORKLOAD["max_tokens"], progress=False)
-    p99 = {name: [summarize_latencies(r.records, "e2e", ci=False).percentiles["p99"] for r in results]
-           for name, results in sweep.items()}
+    p99 = {
+        name: [summarize_latencies(r.records, "e2e", ci=False).percentiles["p99"] for r in results]
+        for name, results in sweep.items()
+    }
     growth = {name: values[-1] / values[0] for name, values in p99.items()}
     # At 3 req/s the single slot (one 64-token answer at a time) is past its capacity; the engines are not.
     assert growth["gated"] > 2 * growth["distributed"], (p99, growth)

@@ -21,9 +21,17 @@ def test_killed_replica_fails_in_flight_requests_clearly_and_serve_recovers(lab_
 
     from labkit.load import LoadConfig, read_records, run_load
 
-    config = LoadConfig(url=lab_deployment.url, model=lab_deployment.served_model_name, arrival="constant",
-                        rate_rps=4.0, duration_s=12.0, max_tokens=120, ignore_eos=True, timeout_s=60.0,
-                        hard_stop_s=120.0)
+    config = LoadConfig(
+        url=lab_deployment.url,
+        model=lab_deployment.served_model_name,
+        arrival="constant",
+        rate_rps=4.0,
+        duration_s=12.0,
+        max_tokens=120,
+        ignore_eos=True,
+        timeout_s=60.0,
+        hard_stop_s=120.0,
+    )
     path = tmp_path / "records.jsonl"
     result = {}
     thread = threading.Thread(target=lambda: result.update(r=run_load(config, records_path=str(path), progress=False)))

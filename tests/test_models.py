@@ -7,14 +7,26 @@ import json
 import pytest
 
 from labkit.errors import ModelError
-from labkit.models import ARCHITECTURES, count_parameters, hash_directory, make_dummy_model, make_tiny_model, resolve_model
+from labkit.models import (
+    ARCHITECTURES,
+    count_parameters,
+    hash_directory,
+    make_dummy_model,
+    make_tiny_model,
+    resolve_model,
+)
 
 
 def test_tiny_model_is_byte_for_byte_deterministic(tmp_path):
     a = make_tiny_model(tmp_path / "a")
     b = make_tiny_model(tmp_path / "b")
     assert hash_directory(a) == hash_directory(b)
-    assert {p.name for p in a.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert {p.name for p in a.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     c = make_tiny_model(tmp_path / "c", seed=1)
     assert hash_directory(c) != hash_directory(a)
 

@@ -21,9 +21,11 @@ def test_all_is_sorted_and_every_name_resolves():
 
 
 def test_import_does_nothing_heavy():
-    code = ("import sys, warnings; warnings.simplefilter('error'); import labkit; "
-            "heavy = [m for m in ('ray', 'vllm', 'torch', 'matplotlib', 'numpy', 'httpx') if m in sys.modules]; "
-            "print(heavy)")
+    code = (
+        "import sys, warnings; warnings.simplefilter('error'); import labkit; "
+        "heavy = [m for m in ('ray', 'vllm', 'torch', 'matplotlib', 'numpy', 'httpx') if m in sys.modules]; "
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert out.stderr == ""

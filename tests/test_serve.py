@@ -51,8 +51,16 @@ def test_bad_requests_get_a_clear_4xx(body, status, words):
 
 
 def test_good_request_is_normalised():
-    req = _parse({"model": "m", "prompt": ["hi"], "max_tokens": 4, "stream": True,
-                  "stream_options": {"include_usage": True}, "stop": "x"})
+    req = _parse(
+        {
+            "model": "m",
+            "prompt": ["hi"],
+            "max_tokens": 4,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "stop": "x",
+        }
+    )
     assert req["prompt"] == "hi" and req["max_tokens"] == 4 and req["include_usage"] and req["stop"] == ["x"]
 
 
@@ -61,8 +69,9 @@ def test_chat_request_needs_messages():
 
     with pytest.raises(BadRequest, match="'messages' is required"):
         _parse({"model": "m", "messages": []}, kind="chat")
-    req = _parse({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3},
-                 kind="chat")
+    req = _parse(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3}, kind="chat"
+    )
     assert req["max_tokens"] == 3
 
 
@@ -103,15 +112,18 @@ def test_bad_serve_config_names_the_field(overrides, field):
 
 def _nodes(gpus):
     nodes = [{"node_id": "h", "name": "head", "is_head": True, "cpus": 1, "gpus": 0}]
-    nodes += [{"node_id": f"w{i}", "name": f"worker-{i}", "is_head": False, "cpus": 2, "gpus": g}
-              for i, g in enumerate(gpus, start=1)]
+    nodes += [
+        {"node_id": f"w{i}", "name": f"worker-{i}", "is_head": False, "cpus": 2, "gpus": g}
+        for i, g in enumerate(gpus, start=1)
+    ]
     return nodes
 
 
 def test_chapter_snippet_bug_is_fixed_by_one_bundle_per_device():
     """The chapter's num_gpus=2 for TP 2 x PP 2 reserves 2 of the 4 devices a replica uses."""
-    plan = plan_placement(ServeConfig(backend="gpu", num_replicas=1, tensor_parallel_size=2,
-                                      pipeline_parallel_size=2), _nodes([2, 2]))
+    plan = plan_placement(
+        ServeConfig(backend="gpu", num_replicas=1, tensor_parallel_size=2, pipeline_parallel_size=2), _nodes([2, 2])
+    )
     assert sum(b.get("GPU", 0) for b in plan.bundles) == 4
     assert "num_gpus" not in plan.ray_actor_options
     assert sorted(plan.nodes_for_replicas[0]) == ["worker-1", "worker-2"]
@@ -151,8 +163,9 @@ def test_not_enough_memory_for_the_engines():
 def test_llm_config_for_ray_serve_llm_goes_through_the_same_checks():
     from labkit.serve import build_llm_config
 
-    config = ServeConfig(backend="gpu", model="dummy:llama-2-70b", num_replicas=1, tensor_parallel_size=2,
-                         pipeline_parallel_size=2)
+    config = ServeConfig(
+        backend="gpu", model="dummy:llama-2-70b", num_replicas=1, tensor_parallel_size=2, pipeline_parallel_size=2
+    )
     fields = build_llm_config(config, _nodes([2, 2]))
     assert fields["engine_kwargs"]["tensor_parallel_size"] == 2
     assert fields["engine_kwargs"]["load_format"] == "dummy"

@@ -32,10 +32,17 @@ def test_openai_client_streams_with_usage_and_attribution(lab_deployment):
     import openai
 
     client = openai.OpenAI(base_url=lab_deployment.url + "/v1", api_key="unused")
-    chunks = list(client.completions.create(model=lab_deployment.served_model_name, prompt="Hello",
-                                            max_tokens=12, temperature=0, stream=True,
-                                            stream_options={"include_usage": True},
-                                            extra_body={"ignore_eos": True}))
+    chunks = list(
+        client.completions.create(
+            model=lab_deployment.served_model_name,
+            prompt="Hello",
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text
     final = chunks[-1]
@@ -46,8 +53,9 @@ def test_openai_client_streams_with_usage_and_attribution(lab_deployment):
     assert 0 < timings["engine_ttft_s"] <= timings["engine_total_s"]
     models = client.models.list()
     assert [m.id for m in models.data] == [lab_deployment.served_model_name]
-    chat = client.chat.completions.create(model=lab_deployment.served_model_name,
-                                          messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    chat = client.chat.completions.create(
+        model=lab_deployment.served_model_name, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert chat.choices[0].message.content is not None
 
 
@@ -62,8 +70,9 @@ def test_openai_client_streams_with_usage_and_attribution(lab_deployment):
     ],
 )
 def test_bad_requests_get_4xx_not_500_through_the_proxy(lab_deployment, body, status):
-    response = httpx.post(lab_deployment.url + "/v1/completions", content=body, timeout=30,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        lab_deployment.url + "/v1/completions", content=body, timeout=30, headers={"content-type": "application/json"}
+    )
     assert response.status_code == status
     assert "message" in response.json()["error"]
 
@@ -74,12 +83,18 @@ def test_proxy_binds_loopback_only(lab_deployment):
 
 def test_concurrent_requests_are_batched_by_the_engine(lab_deployment):
     """Several long requests in flight: one engine reports more than one running request."""
-    body = {"model": lab_deployment.served_model_name, "prompt": "Count:", "max_tokens": 200,
-            "ignore_eos": True, "temperature": 0}
+    body = {
+        "model": lab_deployment.served_model_name,
+        "prompt": "Count:",
+        "max_tokens": 200,
+        "ignore_eos": True,
+        "temperature": 0,
+    }
     seen_running = 0
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(httpx.post, lab_deployment.url + "/v1/completions", json=body, timeout=120)
-                   for _ in range(8)]
+        futures = [
+            pool.submit(httpx.post, lab_deployment.url + "/v1/completions", json=body, timeout=120) for _ in range(8)
+        ]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(f.done() for f in futures):
             health = httpx.get(lab_deployment.url + "/healthz", timeout=10).json()
