@@ -18,6 +18,7 @@ _EXPORTS = {
     "LabkitError": "labkit.errors",
     "LoadConfig": "labkit.load",
     "ServeConfig": "labkit.serve",
+    "TelemetryRecorder": "labkit.telemetry",
     "VerificationLog": "labkit.record",
     "checkpoint": "labkit.record",
     "compare_topologies": "labkit.experiment",
