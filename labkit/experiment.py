@@ -31,7 +31,7 @@ ACTIVITY_TOLERANCE = 0.15  # "not higher": gated engine activity in the tail <= 
 # The workload that shows the effect on the embedded CPU default (2 cores, tiny model): long answers
 # (so the coordinator's one slot is held long), an offered load well under one engine's capacity
 # (so the median request never waits), Poisson arrivals (so a few requests arrive together and wait).
-LESSON_WORKLOAD = {"rate_rps": 1.2, "max_tokens": 64, "duration_s": 60.0, "coordinator_max_concurrency": 1}
+LESSON_WORKLOAD = {"rate_rps": 1.2, "max_tokens": 48, "duration_s": 60.0, "coordinator_max_concurrency": 1}
 
 
 @dataclass
