@@ -1,0 +1,271 @@
+"""Run the chapter's GPU configuration with the kit's own code, then vLLM alone on the same GPUs.
+
+On a GPU host with N GPUs (after ``scripts/gpu/install_wheels.sh``):
+
+    python scripts/gpu/run_gpu_lab.py --gpus 2 --model dummy:llama-2-7b --tp 1 --pp 2 --out OUT
+    python scripts/gpu/run_gpu_lab.py --gpus 4 --model dummy:llama-2-70b --tp 2 --pp 2 --out OUT
+
+``--phase kit``: the embedded cluster split into two worker nodes that each own N/2 GPUs
+(``gpu_mode="physical"``), one replica spanning TP x PP devices through placement-group bundles
+(``labkit.deploy``), the load exercise through the kit's load generator at two offered loads on the
+distributed door and at the lower load on a gated door, histograms, diagnosis, NVML telemetry, and
+the verification log (``labkit.checkpoint``). ``--phase vllm``: vLLM's own OpenAI server on the same
+GPUs, model and engine settings, driven by the same load generator. ``--phase both`` runs both and
+writes ``compare.json`` (deploy time, tokens/s, TTFT and end-to-end p50/p95/p99, kit / vLLM ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def _log(msg: str) -> None:
+    print(f"[gpu-lab {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _gpu_memory() -> list[dict[str, Any]]:
+    """Return used / total memory and utilization of every GPU (NVML)."""
+    import pynvml  # the GPU host has nvidia-ml-py
+
+    pynvml.nvmlInit()
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            out.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle), "used_gib": round(mem.used / 1024**3, 2),
+                        "total_gib": round(mem.total / 1024**3, 2),
+                        "util_percent": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu})
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _row(run: Any, deploy_s: float) -> dict[str, Any]:
+    s = run.summary
+    row: dict[str, Any] = {"deploy_s": round(deploy_s, 2), "offered_rps": s.offered_rate_rps, "requests": s.requests,
+                           "ok": s.ok, "errors": s.errors, "output_tokens_per_s": s.output_tokens_per_s,
+                           "throughput_rps": s.throughput_rps}
+    for metric in ("ttft", "e2e"):
+        m = s.metrics.get(metric)
+        for q in ("p50", "p95", "p99"):
+            row[f"{metric}_{q}_s"] = m.percentiles.get(q) if m else None
+    gpu = [x for x in (run.telemetry.samples if run.telemetry else []) if x.gpu_util_percent is not None]
+    by_gpu: dict[str, list[float]] = {}
+    for x in gpu:
+        by_gpu.setdefault(x.component_id, []).append(x.gpu_util_percent)
+    row["gpu_util_mean_percent"] = {k: round(sum(v) / len(v), 1) for k, v in sorted(by_gpu.items())}
+    return row
+
+
+def _figures(runs: dict[str, Any], fig_dir: Path, prefix: str) -> None:
+    import labkit
+
+    for name, run in runs.items():
+        for metric in ("ttft", "e2e"):
+            fig = labkit.plot_latency_histogram(run.result, metric, name=f"{prefix} {name}", log_x=metric == "ttft")
+            labkit.save_figure(fig, fig_dir / f"hist-{metric}-{prefix}-{name}", formats=("png",))
+        fig = labkit.plot_timeline(run.result, run.telemetry, name=f"{prefix} {name}")
+        labkit.save_figure(fig, fig_dir / f"timeline-{prefix}-{name}", formats=("png",))
+
+
+def run_kit(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Deploy with the kit on the split cluster, run the load exercise, write the verification log."""
+    import labkit
+    from labkit.serve import deploy_coordinator
+
+    per_node = args.gpus // 2
+    cluster = labkit.start_cluster(num_nodes=3, gpus_per_node=per_node, gpu_mode="physical",
+                                   cpus_per_node=float(args.cpus_per_node), head_cpus=2.0,
+                                   object_store_mb_per_node=1024, start_timeout_s=120.0)
+    try:
+        _log(f"cluster up in {cluster.start_s:.1f} s\n{cluster!r}")
+        config = labkit.topology_preset(
+            "distributed", backend="gpu", model=args.model, num_replicas=1, tensor_parallel_size=args.tp,
+            pipeline_parallel_size=args.pp, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+            max_tokens_limit=args.max_tokens, gpu_memory_utilization=args.gpu_memory_utilization,
+            max_ongoing_requests=512, engine_kwargs=_engine_kwargs(args), deploy_timeout_s=540.0)
+        deployment = labkit.deploy(config)
+        _log(f"deployed in {deployment.deploy_s:.1f} s: {deployment!r}; plan {deployment.plan.bundles} "
+             f"{deployment.plan.strategy} forecast {deployment.plan.nodes_for_replicas}")
+        bundles = _bundle_nodes(cluster)
+        gpus_after_deploy = _gpu_memory()
+        _log(f"bundles on nodes: {bundles}; GPU memory after deploy: {gpus_after_deploy}")
+        answer = deployment.complete("The chapter says", max_tokens=8)
+        gated_url = deploy_coordinator(deployment, max_concurrency=args.coordinator_max_concurrency)
+        doors = {"distributed": deployment.url, "gated": gated_url}
+        common = {"duration_s": args.duration_s, "max_tokens": args.max_tokens, "prompt_tokens": args.prompt_tokens,
+                  "seed": 0, "records_dir": out / "records", "progress": False, "timeout_s": 120.0}
+        low, high = args.rates
+        experiment = labkit.compare_topologies(doors, rate_rps=low, **common)
+        high_run = labkit.run_topology("distributed", deployment.url, rate_rps=high, **common)
+        runs = {f"distributed-{low:g}rps": experiment.runs["distributed"],
+                f"gated-{low:g}rps": experiment.runs["gated"], f"distributed-{high:g}rps": high_run}
+        for name, run in runs.items():
+            _log(f"{name}: {run.summary!r}\n  diagnosis: {run.diagnosis.verdict}")
+        _figures(runs, out / "figures", "kit")
+        fig = labkit.plot_latency_cdf({k: v.result for k, v in runs.items()}, "ttft", name="kit: doors and loads",
+                                      log_x=True)
+        labkit.save_figure(fig, out / "figures" / "cdf-ttft-kit", formats=("png",))
+        rows = {name: _row(run, deployment.deploy_s) for name, run in runs.items()}
+        log = labkit.checkpoint(
+            "gpu-load-exercise", learner_id="reference-gpu", cluster=cluster, model=deployment.model.model,
+            records={k: v.result.records for k, v in runs.items()},
+            parameters={"gpus": args.gpus, "model": args.model, "tensor_parallel_size": args.tp,
+                        "pipeline_parallel_size": args.pp, "rates_rps": list(args.rates), "duration_s": args.duration_s,
+                        "max_tokens": args.max_tokens, "prompt_tokens": args.prompt_tokens,
+                        "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs,
+                        "enforce_eager": args.enforce_eager,
+                        "coordinator_max_concurrency": args.coordinator_max_concurrency},
+            outputs={"claim": experiment.claim(), "runs": {k: v.to_dict() for k, v in runs.items()},
+                     "table": rows, "deploy_s": deployment.deploy_s, "placement": deployment.plan.to_dict(),
+                     "bundle_nodes": bundles, "gpu_memory_after_deploy": gpus_after_deploy,
+                     "generations": [answer["choices"][0]["text"]]},
+            constraints={"backend": "gpu", "model_parameters": deployment.model.parameters,
+                         "load_format": "dummy", "num_replicas": 1,
+                         "load_generator": "same machine as the cluster"},
+            runs_dir=out)
+        _log(f"verification log: {log.path}")
+        return {"deploy_s": deployment.deploy_s, "rows": rows, "claim": experiment.claim(), "bundles": bundles,
+                "log": str(log.path)}
+    finally:
+        cluster.stop()
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"enforce_eager": bool(args.enforce_eager)}
+
+
+def _bundle_nodes(cluster: Any) -> list[dict[str, Any]]:
+    """Return every placement group's bundles with the node each landed on (the replica's TP x PP)."""
+    from ray.util.placement_group import placement_group_table
+
+    names = cluster.node_names()
+    out = []
+    try:
+        for pg in placement_group_table().values():
+            if pg.get("state") != "CREATED":
+                continue
+            nodes = pg.get("bundles_to_node_id", {})
+            out.append({"strategy": pg.get("strategy"), "bundles": [
+                {"resources": pg["bundles"][i], "node": names.get(nodes.get(i), nodes.get(i))}
+                for i in sorted(pg["bundles"])]})
+    except Exception as err:  # noqa: BLE001 - evidence only: never lose the run for it
+        out.append({"error": repr(err)})
+    return out
+
+
+def run_vllm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Start vLLM's own OpenAI server on the same GPUs and model; drive it with the kit's load generator."""
+    import labkit
+    from labkit.models import resolve_model
+
+    spec = resolve_model(args.model)
+    port = 8100
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model,
+           "--served-model-name", spec.served_name, "--load-format", spec.load_format,
+           "--tensor-parallel-size", str(args.tp), "--pipeline-parallel-size", str(args.pp),
+           "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
+           "--gpu-memory-utilization", str(args.gpu_memory_utilization), "--host", "127.0.0.1", "--port", str(port)]
+    if args.enforce_eager:
+        cmd.append("--enforce-eager")
+    env = {**os.environ, **NO_MULTICAST, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(args.gpus))}
+    log_path = out / "vllm-server.log"
+    started = time.monotonic()
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = started + 540
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                msg = f"vLLM server exited with {proc.returncode}; see {log_path}"
+                raise RuntimeError(msg)
+            try:
+                body = json.dumps({"model": spec.served_name, "prompt": "ready?", "max_tokens": 1}).encode()
+                req = urllib.request.Request(f"{url}/v1/completions", data=body,
+                                             headers={"content-type": "application/json"})
+                with urllib.request.urlopen(req, timeout=30):  # noqa: S310 - local server
+                    break
+            except OSError:
+                time.sleep(1.0)
+        deploy_s = time.monotonic() - started
+        _log(f"vLLM alone answered after {deploy_s:.1f} s")
+        common = {"duration_s": args.duration_s, "max_tokens": args.max_tokens, "prompt_tokens": args.prompt_tokens,
+                  "seed": 0, "records_dir": out / "records", "progress": False, "timeout_s": 120.0}
+        runs = {f"vllm-{rate:g}rps": labkit.run_topology("vllm", url, rate_rps=rate, **common) for rate in args.rates}
+        for name, run in runs.items():
+            _log(f"{name}: {run.summary!r}")
+        _figures(runs, out / "figures", "vllm")
+        return {"deploy_s": deploy_s, "rows": {name: _row(run, deploy_s) for name, run in runs.items()}}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def compare(kit: dict[str, Any], vllm: dict[str, Any], rates: list[float]) -> dict[str, Any]:
+    """Return kit and vLLM-alone numbers side by side with kit / vLLM ratios, per offered load."""
+    table = {}
+    for rate in rates:
+        k, v = kit["rows"][f"distributed-{rate:g}rps"], vllm["rows"][f"vllm-{rate:g}rps"]
+        keys = ["deploy_s", "output_tokens_per_s"]
+        keys += [f"{m}_{q}_s" for m in ("ttft", "e2e") for q in ("p50", "p95", "p99")]
+        table[f"{rate:g}rps"] = {key: {"kit": k.get(key), "vllm": v.get(key),
+                                       "ratio": (k[key] / v[key]) if k.get(key) and v.get(key) else None}
+                                 for key in keys}
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the phases, write ``result.json`` (and ``compare.json``) under ``--out``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, default=2)
+    parser.add_argument("--model", default="dummy:llama-2-7b")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=2)
+    parser.add_argument("--rates", type=float, nargs=2, default=[4.0, 16.0])
+    parser.add_argument("--duration-s", type=float, default=20.0)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=256)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-num-seqs", type=int, default=128)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    parser.add_argument("--coordinator-max-concurrency", type=int, default=8)
+    parser.add_argument("--cpus-per-node", type=int, default=8)
+    parser.add_argument("--enforce-eager", type=int, default=1)
+    parser.add_argument("--phase", choices=["kit", "vllm", "both"], default="both")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    os.environ.update(NO_MULTICAST)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "figures").mkdir(exist_ok=True)
+    result: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                              "gpus_before": _gpu_memory()}
+    if args.phase in ("kit", "both"):
+        result["kit"] = run_kit(args, args.out)
+        (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    if args.phase in ("vllm", "both"):
+        result["vllm"] = run_vllm(args, args.out)
+    if "kit" in result and "vllm" in result:
+        result["compare"] = compare(result["kit"], result["vllm"], list(args.rates))
+        _log("kit / vLLM alone:\n" + json.dumps(result["compare"], indent=1))
+    (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
