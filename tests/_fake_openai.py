@@ -145,7 +145,8 @@ class FakeOpenAIServer:
     async def start_async(self) -> FakeOpenAIServer:
         """Start listening on the running loop."""
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(lambda: _Proto(self), self.host, self.port)
+        self._server = await self._loop.create_server(lambda: _Proto(self), self.host, self.port,
+                                                      backlog=4096)  # uvicorn: 2048
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -437,9 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--itl-ms", type=float, default=0.0)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     parser.add_argument("--uvloop", action="store_true", help="use uvloop when installed")
+    parser.add_argument("--short-slice", action="store_true",
+                        help="ask the kernel for a 0.2 ms scheduler slice (answer promptly on a busy machine)")
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
+    if args.short_slice:
+        from labkit.load import _set_sched_slice
+
+        _set_sched_slice(200_000)
     if args.uvloop:
         with contextlib.suppress(ImportError):
             import uvloop

@@ -610,6 +610,28 @@ def test_max_concurrency_holds_requests_back_and_records_their_lag():
     assert lags[-1] > 0.02 and lags[0] < lags[-1]  # the last ones waited for one of 2 slots (>= 50 ms each)
 
 
+def test_a_burst_opens_connections_a_few_at_a_time(monkeypatch):
+    """A burst must not open hundreds of connections at once (an accept-queue overflow turns
+    into 1 s SYN retries): at most _MAX_CONNECTING are opening, the rest wait, none is lost."""
+    import labkit.load as load
+
+    monkeypatch.setattr(load, "_MAX_CONNECTING", 2)
+    most = []
+    original = load._Runner._connect
+
+    def spy(self, req):
+        original(self, req)
+        most.append(self.connecting)
+
+    monkeypatch.setattr(load._Runner, "_connect", spy)
+    with FakeOpenAIServer(ttft_s=0.05, output_tokens=1) as server:
+        res = run_load(_cfg(server.url, num_requests=30, rate_rps=100_000), progress=False)
+        connections = server.connections
+    assert all(r.ok for r in res.records)
+    assert max(most) <= 2
+    assert 10 <= connections <= 31  # the pool still grew to serve the burst
+
+
 def test_result_views_are_json_ready():
     with FakeOpenAIServer(output_tokens=2, node_id="a") as server:
         res = run_load(_cfg(server.url, num_requests=3), progress=False)
