@@ -99,8 +99,9 @@ class ServeConfig:
         Serve's per-replica cap of concurrent requests (router knob).
     request_router : str
         One of :data:`ROUTERS` or ``"module:Class"`` of a Serve ``RequestRouter``.
-    host, port : str, int
-        Where the proxies listen; 127.0.0.1 unless you mean to expose it.
+    host, port : str, int or None
+        Where the proxies listen: 127.0.0.1 unless you mean to expose it; port None picks a free
+        port when Serve starts (two labs on one machine never share one).
     max_model_len, max_num_seqs : int
         Engine context length and batch size.
     max_tokens_limit, max_prompt_chars, max_body_bytes : int
@@ -134,7 +135,7 @@ class ServeConfig:
     max_ongoing_requests: int = 32
     request_router: str = "power_of_two"
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int | None = None
     max_model_len: int = 512
     max_num_seqs: int = 32
     max_tokens_limit: int = 256
@@ -201,7 +202,7 @@ class ServeConfig:
                 "request_router",
                 f"request_router={self.request_router!r} is unknown. Available: {sorted(ROUTERS)} or 'module:Class'.",
             ),
-            (0 < self.port < 65536, "port", f"port={self.port!r} must be in 1..65535."),
+            (self.port is None or 0 < self.port < 65536, "port", f"port={self.port!r} must be None or in 1..65535."),
             (
                 1 <= self.max_tokens_limit <= self.max_model_len,
                 "max_tokens_limit",
@@ -644,6 +645,21 @@ def post_json(
         raise DeploymentError(msg) from None
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve_http_port() -> int:
+    from ray import serve
+
+    details = serve.context._get_global_client().get_serve_details()
+    return int(details["http_options"]["port"])
+
+
 def _serve_running_proxy_location() -> str | None:
     import ray
 
@@ -711,7 +727,7 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
         serve.shutdown()
         running = None
     if running is None:
-        serve.start(proxy_location=want, http_options={"host": config.host, "port": config.port})
+        serve.start(proxy_location=want, http_options={"host": config.host, "port": config.port or _free_port()})
     app = build_app(config, plan, spec)
     try:
         # serve.run would block until RUNNING with no deadline; _run returns at once and we wait below.
@@ -719,7 +735,7 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
     except Exception as err:  # noqa: BLE001 - Serve raises many types; wrap with context
         msg = f"Deploying '{config.app_name}' failed: {err}"
         raise DeploymentError(msg) from err
-    url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}"
+    url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{_serve_http_port()}"
     deployment = Deployment(config=config, model=spec, plan=plan, url=url, deploy_s=0.0)
     if wait:
         _wait_until_ready(deployment, config.deploy_timeout_s, started)
@@ -920,7 +936,7 @@ def deploy_llm_app(config: ServeConfig) -> Any:
         msg = f"ray.serve.llm is not available ({err}). On a GPU machine run: pip install -r requirements/gpu.txt"
         raise MissingDependencyError(msg) from err
     app = build_openai_app({"llm_configs": [LLMConfig(**fields)]})
-    serve.start(proxy_location=config.proxy_location, http_options={"host": config.host, "port": config.port})
+    serve.start(proxy_location=config.proxy_location, http_options={"host": config.host, "port": config.port or 8000})
     return serve.run(app, name=config.app_name, route_prefix="/")
 
 

@@ -37,11 +37,8 @@ def jupyter_lab(tmp_path):
         if os.environ.get("LABKIT_REQUIRE_BROWSER") == "1":
             pytest.fail("Chromium is missing: run scripts/setup_browser.sh (apt-get install chromium)")
         pytest.skip("Chromium is not installed (scripts/setup_browser.sh)")
-    import papermill
-
     workdir = tmp_path / "lab"
     workdir.mkdir()
-    papermill.parameterize_notebook  # noqa: B018 - fail early if papermill lacks it
     from papermill.iorw import load_notebook_node, write_ipynb
     from papermill.parameterize import parameterize_notebook
 
