@@ -469,6 +469,9 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
 
     temp_root = os.path.join(_temp_root(config), uuid.uuid4().hex[:8])
     os.makedirs(temp_root, exist_ok=True)
+    # Ray writes the head's address to a file in its *default* folder (<tmp>/ray) whatever temp_dir
+    # says; on a fresh machine that folder does not exist yet and the head fails to start.
+    os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
     # Each node's resources: a node-name resource (pin things to a node) and a label.
     head_args: dict[str, Any] = {
         "num_cpus": config.head_cpus,
