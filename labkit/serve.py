@@ -322,6 +322,9 @@ def plan_placement(config: ServeConfig, nodes: list[Any] | None = None) -> Place
     cpu = config.cpus_per_replica
     if config.backend == "cpu":
         workers = [n for n in info if not n["is_head"]] or info
+        # The embedded cluster marks its workers with a custom resource: replicas go there and leave
+        # the head to Serve's controller, the proxies and the coordinator.
+        on_workers = {"labkit_worker": 0.001} if any("labkit_worker" in n.get("resources", {}) for n in info) else {}
         slots = {n["name"]: int(n["cpus"] // cpu) if cpu else replicas for n in workers}
         if config.placement == "packed":
             target = max(slots, key=lambda k: slots[k])
@@ -332,10 +335,18 @@ def plan_placement(config: ServeConfig, nodes: list[Any] | None = None) -> Place
                 )
                 raise PlacementError(msg, needed={"CPU": replicas * cpu}, available={target: slots[target] * cpu})
             forecast = [[target]] * replicas
+            pin = f"labkit_node_{target}"
+            if info and not any(pin in n.get("resources", {}) for n in info) and any(n.get("resources") for n in info):
+                msg = (
+                    f"placement='packed' pins replicas with the custom resource '{pin}', which this cluster's nodes "
+                    f"do not have. Start the node with `ray start --resources '{{\"{pin}\": 1}}'`, or use "
+                    "placement='spread'."
+                )
+                raise PlacementError(msg, needed={pin: 0.001})
             return PlacementPlan(
                 [],
                 "PACK",
-                {"num_cpus": cpu, "resources": {f"labkit_node_{target}": 0.001}},
+                {"num_cpus": cpu, "resources": {pin: 0.001}},
                 None,
                 forecast,
                 f"All {replicas} replicas packed on {target}.",
@@ -350,7 +361,12 @@ def plan_placement(config: ServeConfig, nodes: list[Any] | None = None) -> Place
             raise PlacementError(msg, needed={"nodes": replicas}, available={"nodes": len(usable)})
         forecast = [[name] for name in usable[:replicas]]
         return PlacementPlan(
-            [], "SPREAD", {"num_cpus": cpu}, 1, forecast, f"{replicas} replicas, at most one per node."
+            [],
+            "SPREAD",
+            {"num_cpus": cpu, **({"resources": on_workers} if on_workers else {})},
+            1,
+            forecast,
+            f"{replicas} replicas, at most one per node.",
         )
     # GPU backend: one bundle per device; TP ranks share a node, PP stages go to other nodes.
     gpus = {n["name"]: int(n["gpus"]) for n in info}
