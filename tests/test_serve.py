@@ -174,3 +174,20 @@ def test_llm_config_for_ray_serve_llm_goes_through_the_same_checks():
         build_llm_config(config, _nodes([2]))
     with pytest.raises(ConfigError, match="backend='gpu'"):
         build_llm_config(ServeConfig(), None)
+
+
+def test_embedded_cluster_keeps_replicas_off_the_head():
+    nodes = _nodes([0, 0])
+    for node in nodes:
+        node["resources"] = {"labkit_head": 1} if node["is_head"] else {"labkit_worker": 1}
+    plan = plan_placement(ServeConfig(num_replicas=2), nodes)
+    assert plan.ray_actor_options["resources"] == {"labkit_worker": 0.001}
+    assert "resources" not in plan_placement(ServeConfig(num_replicas=2), _nodes([0, 0])).ray_actor_options
+
+
+def test_packed_on_a_cluster_without_pin_resources_says_how_to_add_them():
+    nodes = _nodes([0, 0])
+    for node in nodes:
+        node["resources"] = {"CPU": node["cpus"]}
+    with pytest.raises(PlacementError, match=r"ray start --resources"):
+        plan_placement(ServeConfig(num_replicas=2, placement="packed"), nodes)
