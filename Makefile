@@ -14,7 +14,7 @@ setup: ## install the CPU profile (.venv, or the active conda env); idempotent
 	@bash scripts/setup.sh
 
 lab: setup ## open JupyterLab on the notebooks (127.0.0.1 only)
-	$(PY) -m jupyter lab --ip 127.0.0.1 --no-browser notebooks/
+	$(PY) -m jupyter lab --ip 127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
 
 run: setup ## run the whole lab headless with papermill into verification/runs/<timestamp>/
 	$(PY) -m labkit run --out $(OUT)

@@ -65,6 +65,7 @@ def jupyter_lab(tmp_path):
             "--ServerApp.open_browser=False",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
         ],
         cwd=workdir,
         env=env,
