@@ -50,7 +50,14 @@ def jupyter_lab(tmp_path):
     before = list_session_dirs()
     port = _free_port()
     token = secrets.token_hex(16)  # never printed or saved
-    env = {**os.environ, "JUPYTER_TOKEN": token}
+    # Render every cell (JupyterLab 4 otherwise draws only the cells on screen) and skip the news prompt.
+    settings = workdir / ".settings"
+    for ext, name, body in (("notebook-extension", "tracker", '{"windowingMode": "none"}'),
+                            ("apputils-extension", "notification", '{"fetchNews": "false"}')):
+        folder = settings / "@jupyterlab" / ext
+        folder.mkdir(parents=True)
+        (folder / f"{name}.jupyterlab-settings").write_text(body)
+    env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTERLAB_SETTINGS_DIR": str(settings)}
     log = open(tmp_path / "jupyter.log", "w")  # noqa: SIM115 - closed in the teardown below
     proc = subprocess.Popen(
         [
@@ -143,6 +150,7 @@ def test_load_notebook_runs_in_jupyterlab_and_shows_histogram_and_panel(jupyter_
             panel.first.scroll_into_view_if_needed()
             assert panel.first.is_visible(), "the widget panel is not visible"
             assert page.locator(".labkit-load-panel button:has-text('Run')").first.is_visible()
+            page.screenshot(path=str(artifacts / "jupyterlab-load-panel.png"), full_page=False)
             page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts / "jupyterlab-load-notebook.png"), full_page=False)
             assert done, "the notebook did not finish within 10 minutes"
