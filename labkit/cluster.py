@@ -308,6 +308,9 @@ class ClusterHandle:
         self._stopped = True
         import ray
 
+        # Processes the session's workers started themselves (vLLM's EngineCore and its workers) are
+        # not Ray processes and can outlive a killed replica: note them now, kill survivors below.
+        descendants = _session_descendants(self._session_marker()) if self._cluster is not None else []
         try:
             from ray import serve
 
@@ -319,6 +322,7 @@ class ClusterHandle:
         if self._cluster is not None:
             self._cluster.shutdown()
             _wait_for_no_processes(self._session_marker(), timeout_s=15.0)
+            _kill_survivors(descendants)
         _ACTIVE.discard(self)
         if self.temp_dir:
             import shutil
@@ -397,6 +401,29 @@ def find_ray_processes(marker: str | None = None) -> list[dict[str, Any]]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def _session_descendants(marker: str) -> list[Any]:
+    import psutil
+
+    found = []
+    for item in find_ray_processes(marker):
+        try:
+            found.extend(psutil.Process(item["pid"]).children(recursive=True))
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _kill_survivors(processes: list[Any]) -> None:
+    import psutil
+
+    for proc in processes:
+        try:
+            if proc.is_running():
+                proc.kill()
+        except psutil.NoSuchProcess:
+            continue
 
 
 def _wait_for_no_processes(marker: str, timeout_s: float) -> None:
