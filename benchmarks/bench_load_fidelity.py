@@ -62,16 +62,21 @@ def _runqueue_wait() -> float:
 
 # --------------------------------------------------------------------------- workers
 def worker_kit(args: argparse.Namespace) -> dict:
+    import tempfile
+
     from labkit.load import LoadConfig, run_load
     from labkit.stats import summarize_run
 
+    records = Path(tempfile.mkdtemp(prefix="labkit-fidelity-")) / "records.jsonl"  # as a real run writes
     cfg = LoadConfig(url=args.url, model=MODEL, arrival=args.arrival, rate_rps=args.rate, duration_s=args.duration,
                      warmup_requests=args.warmups, max_tokens=args.tokens, prompt_tokens=32, seed=0,
-                     timeout_s=60.0, hard_stop_s=args.duration * 6 + 30)
+                     timeout_s=60.0, hard_stop_s=args.duration * 6 + 30, records_path=str(records))
     c0, w0, t0 = _own_cpu(), _runqueue_wait(), time.perf_counter()
     res = run_load(cfg, progress=False)
     wall = time.perf_counter() - t0
     cpu, runq = (_own_cpu() - c0) / wall, (_runqueue_wait() - w0) / wall
+    records.unlink()
+    records.parent.rmdir()
     s = summarize_run(res.records, offered_rate_rps=args.rate, ci=False)
     m = res.measured
     sched = sorted(r.scheduled_s for r in m)

@@ -201,6 +201,7 @@ def test_prompt_files(tmp_path):
 # --------------------------------------------------------------------------- parsing (no network)
 class _StubRunner:
     stream = True
+    next_arrival = None
 
     def __init__(self):
         self.completed = 0
