@@ -1002,6 +1002,7 @@ class _Runner:
         self.callback_error: BaseException | None = None
         self.timer: _TimerFd | None = None
         self.next_arrival: tuple[int, float] | None = None  # open loop: the next (index, intended time)
+        self.tick_handle: asyncio.Handle | None = None  # the scheduler's wake-up without a timerfd
         self.handles: list[asyncio.TimerHandle] = []  # hard stop, progress (the last one)
         self.need_texts = False
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -1185,11 +1186,13 @@ class _Runner:
         if self.timer is not None:
             self.timer.arm(nxt[1])
             return
+        if self.tick_handle is not None:  # one pending wake-up: _tick is also called between responses
+            self.tick_handle.cancel()
         delay = nxt[1] - now
         if delay > _SPIN_S:
-            self.loop.call_later(delay - _SPIN_S, self._tick)
+            self.tick_handle = self.loop.call_later(delay - _SPIN_S, self._tick)
         else:
-            self.loop.call_soon(self._tick)
+            self.tick_handle = self.loop.call_soon(self._tick)
 
     def _start_closed(self) -> None:
         for user in range(self.config.users):  # type: ignore[arg-type]

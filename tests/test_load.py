@@ -699,10 +699,24 @@ def test_schedule_lag_is_small_with_and_without_timerfd(timerfd, monkeypatch):
     if not timerfd:
         monkeypatch.setattr("labkit.load._TimerFd.create", classmethod(lambda cls, loop, callback: None))
 
+    ticks = []
+    original = _Runner._tick
+
+    def counting_tick(self):
+        ticks.append(1)
+        original(self)
+
+    monkeypatch.setattr(_Runner, "_tick", counting_tick)
+
     def measure(noisy: _Noisy) -> None:
+        ticks.clear()
         with FakeOpenAIServer(output_tokens=2) as server:
             res = run_load(_cfg(server.url, num_requests=40, rate_rps=200), progress=False)
         assert all(r.ok for r in res.records)
+        if timerfd:  # one wake-up per send, give or take those started between responses
+            assert len(ticks) <= 2 * 40 + 5
+        else:  # sleeping on the loop's timer, then spinning for the last 2 ms of each 5 ms gap
+            assert len(ticks) < 40 * 2000
         assert all(r.schedule_lag_s >= 0 for r in res.records)
         med = statistics.median(r.schedule_lag_s for r in res.records)
         noisy.check(lambda slack: med < 0.001 + slack, f"median lag {med}")
