@@ -57,6 +57,23 @@ class LabRun:
         return "\n".join(lines)
 
 
+def run_folder(out_dir: str | Path | None = None) -> Path:
+    """Return the absolute run folder (notebooks run with ``cwd=notebooks/``, so it must be absolute).
+
+    Parameters
+    ----------
+    out_dir : str or Path, optional
+        The folder asked for; default ``verification/runs/<UTC timestamp>/`` of the checkout.
+
+    Returns
+    -------
+    Path
+        An absolute path.
+    """
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return (Path(out_dir) if out_dir else _repo_root() / "verification" / "runs" / stamp).resolve()
+
+
 def run_lab(
     out_dir: str | Path | None = None,
     *,
@@ -107,8 +124,7 @@ def run_lab(
     if unknown:
         msg = f"Unknown notebook(s) {unknown}. Available: {sorted(p.name for p in source.glob('*.ipynb'))}"
         raise ConfigError(msg, field="notebooks", value=unknown)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(out_dir) if out_dir else _repo_root() / "verification" / "runs" / stamp
+    out = run_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = LabRun(out_dir=out)
     failed = False

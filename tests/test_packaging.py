@@ -102,3 +102,12 @@ def test_source_notebooks_have_no_outputs_and_a_parameters_cell():
         code = [c for c in book["cells"] if c["cell_type"] == "code"]
         assert not any(c.get("outputs") for c in code), f"{path.name} is committed with outputs"
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), path.name
+
+
+def test_run_folder_is_absolute_so_notebooks_in_their_own_cwd_write_there(tmp_path, monkeypatch):
+    """`make run` passes a relative folder; the notebooks run with cwd=notebooks/."""
+    from labkit.run import run_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert run_folder("rel/out") == tmp_path / "rel" / "out"
+    assert run_folder(None).is_absolute()
