@@ -23,8 +23,10 @@ How the timing is done, and why:
   stream event and no JSON parsing of events that carry only text, so one core sustains a few
   thousand streaming requests per second with sub-millisecond schedule lag (see
   ``benchmarks/README-load.md``). On Linux the scheduler wakes on a timerfd at each intended
-  send time and the loop thread asks for a short scheduler slice, so that neither the event
-  loop's millisecond timers nor other work on the core delays a send by milliseconds. At most
+  send time, so the event loop's millisecond timers do not delay a send by milliseconds; with
+  ``short_slice=True`` the loop thread also asks for a short scheduler slice, so that other
+  work on a busy core does not either (off by default: it makes the client preempt a server on
+  the same cores more often, which can slow a co-located CPU engine). At most
   32 connections are opened at once; other requests take the next free connection (time that
   counts in their latency from the actual send, like connecting does).
 """
@@ -293,6 +295,8 @@ class LoadConfig:
     extra_body: dict[str, Any] = _f(help="Extra fields merged into every request body.",
                                     default_factory=dict, hash=False)
     records_path: str | None = _f(None, help="JSONL file that receives one record per finished request.")
+    short_slice: bool = _f(False, help="Linux: ask for a 0.2 ms scheduler slice for the client thread (steadier "
+                                       "schedule on a busy machine; may slow a server on the same cores).")
 
     def __post_init__(self) -> None:
         for name, allowed, fix in self._problems():
@@ -1105,7 +1109,7 @@ class _Runner:
         # run. Young generations are still collected; full ones wait for the end of the run.
         thresholds = gc.get_threshold()
         gc.set_threshold(thresholds[0], thresholds[1], 2**30)
-        short_slice = _set_sched_slice(_SLICE_NS)
+        short_slice = cfg.short_slice and _set_sched_slice(_SLICE_NS)
         self.start_s = time.perf_counter()
         self.end_s = self.start_s
         try:
@@ -1774,6 +1778,7 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help=helps["headers"])
     p.add_argument("--ignore-eos", action="store_true", help=helps["ignore_eos"])
     p.add_argument("--temperature", type=float, default=None, help=helps["temperature"])
+    p.add_argument("--short-slice", action="store_true", help=helps["short_slice"])
     p.add_argument("--out", default="load-results", help="Output folder for records.jsonl and summary.json.")
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT objective (s) for goodput.")
     p.add_argument("--slo-e2e", type=float, default=None, help="End-to-end objective (s) for goodput.")
