@@ -293,7 +293,7 @@ def _version(name: str) -> str | None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rates", default="1000,1500,2000,2500,3000,4000")
+    p.add_argument("--rates", default="1000,1500,2000,2500,3000,4000,5000,6000,7000,8000")
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per step")
     p.add_argument("--arrival", choices=["poisson", "constant"], default="poisson")
     p.add_argument("--tokens", type=int, default=16)
