@@ -516,6 +516,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
     try:
         cluster = Cluster(initialize_head=True, connect=False, head_node_args=head_args)
         physical_next = 0
+        slow_nodes: list[str] = []
         for i, gpus in enumerate(config.worker_gpus(), start=1):
             args: dict[str, Any] = {
                 "num_cpus": config.cpus_per_node,
@@ -530,13 +531,13 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 devices = ",".join(str(d) for d in range(physical_next, physical_next + gpus))
                 physical_next += gpus
                 args["env_vars"] = {"CUDA_VISIBLE_DEVICES": devices}
-            cluster.add_node(**args)
+            _add_worker(cluster, args, f"worker-{i}", slow_nodes)
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
         handle = ClusterHandle(
             address=cluster.address, embedded=True, config=config, cluster=cluster, temp_dir=temp_root
         )
         _ACTIVE.add(handle)
-        _wait_for_nodes(config.num_nodes, config.start_timeout_s)
+        _wait_for_nodes(config.num_nodes, config.start_timeout_s, temp_root=temp_root, slow_nodes=slow_nodes)
     except BaseException as err:
         try:
             ray.shutdown()
@@ -552,7 +553,24 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
     return handle
 
 
-def _wait_for_nodes(count: int, timeout_s: float) -> None:
+# Ray's own wait for a new node is a fixed 30 s (ray._private.node). A raylet whose agents start
+# slowly (a busy or freshly booted GPU host) registers later; its processes keep running, so the
+# kit waits for it up to start_timeout_s instead of failing at 30 s.
+_RAY_NODE_WAIT_MESSAGE = "timed out during startup"
+
+
+def _add_worker(cluster: Any, args: dict[str, Any], name: str, slow_nodes: list[str]) -> None:
+    try:
+        cluster.add_node(**args)
+    except Exception as err:
+        if _RAY_NODE_WAIT_MESSAGE not in str(err):
+            raise
+        slow_nodes.append(name)
+
+
+def _wait_for_nodes(
+    count: int, timeout_s: float, *, temp_root: str | None = None, slow_nodes: list[str] | None = None
+) -> None:
     import ray
 
     deadline = time.monotonic() + timeout_s
@@ -560,7 +578,15 @@ def _wait_for_nodes(count: int, timeout_s: float) -> None:
         if sum(1 for n in ray.nodes() if n.get("Alive")) >= count:
             return
         time.sleep(0.2)
-    msg = f"Only {sum(1 for n in ray.nodes() if n.get('Alive'))} of {count} nodes registered within {timeout_s:g} s."
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    msg = f"Only {alive} of {count} nodes registered within {timeout_s:g} s."
+    if slow_nodes:
+        msg += f" Ray's 30 s start-up wait ran out for {', '.join(slow_nodes)}."
+    if temp_root:
+        msg += (
+            f" The raylets' logs are under {temp_root}/session_*/logs (raylet.out, dashboard_agent.log). "
+            "Raise start_timeout_s on a slow host, or lower num_nodes / cpus_per_node."
+        )
     raise ClusterError(msg)
 
 
