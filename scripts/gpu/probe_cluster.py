@@ -12,6 +12,7 @@ logs are written to ``DIR/probe-logs.txt``. Exit code 0 when the cluster started
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -38,10 +39,8 @@ def host_facts() -> dict[str, Any]:
     """Return what this host offers Ray (no values of environment variables, names only)."""
     facts: dict[str, Any] = {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))}
     for name in ("/sys/fs/cgroup/cpu.max", "/proc/sys/kernel/pid_max"):
-        try:
+        with contextlib.suppress(OSError):
             facts[name] = Path(name).read_text().strip()
-        except OSError:
-            pass
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
     facts["mem_total"] = meminfo.get("MemTotal", "").strip()
     facts["mem_available"] = meminfo.get("MemAvailable", "").strip()
@@ -56,9 +55,17 @@ def host_facts() -> dict[str, Any]:
     except OSError as err:
         facts["hostname_lookup_s"] = f"failed after {time.monotonic() - started:.1f} s: {err}"
     if shutil.which("nvidia-smi"):
-        facts["gpus"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,name,persistence_mode,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=60, check=False).stdout.strip().splitlines()
+        facts["gpus"] = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=index,name,persistence_mode,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
     facts["nvml_init_s"] = _timed([sys.executable, "-c", "import pynvml; pynvml.nvmlInit(); pynvml.nvmlShutdown()"])
     facts["import_ray_s"] = _timed([sys.executable, "-c", "import ray"])
     facts["import_ray_dashboard_agent_s"] = _timed([sys.executable, "-c", "import ray.dashboard.agent"])
@@ -75,8 +82,9 @@ def log_tails(root: str, lines: int = 40) -> str:
                 continue
             seen.add(os.path.realpath(path))
             try:
-                text = [t for t in Path(path).read_text(errors="replace").splitlines()
-                        if not t.startswith("[state-dump]")]
+                text = [
+                    t for t in Path(path).read_text(errors="replace").splitlines() if not t.startswith("[state-dump]")
+                ]
             except OSError:
                 continue
             if len(text) > 2 * lines:  # start-up lines first: that is where a slow start shows
@@ -106,8 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     result: dict[str, Any] = {"facts": facts}
     try:
-        handle = labkit.start_cluster(num_nodes=3, gpus_per_node=args.gpus_per_node, gpu_mode="physical",
-                                      cpus_per_node=args.cpus_per_node, start_timeout_s=args.start_timeout_s)
+        handle = labkit.start_cluster(
+            num_nodes=3,
+            gpus_per_node=args.gpus_per_node,
+            gpu_mode="physical",
+            cpus_per_node=args.cpus_per_node,
+            start_timeout_s=args.start_timeout_s,
+        )
     except Exception as err:  # noqa: BLE001 - the probe reports every failure
         result.update(ok=False, error=str(err), after_s=round(time.monotonic() - started, 1))
         handle = None
