@@ -94,6 +94,97 @@ def log_tails(root: str, lines: int = 40) -> str:
     return "\n".join(out)
 
 
+# One worker added to a head with the kit's arguments, each variant in its own process: which of
+# the kit's worker arguments keeps a raylet from registering on this host?
+VARIANTS = {
+    "kit": {
+        "num_gpus": 1,
+        "env_vars": {"CUDA_VISIBLE_DEVICES": "0"},
+        "resources": {"labkit_worker": 1.0},
+        "labels": {"labkit.io/node": "worker-1"},
+    },
+    "no-env": {"num_gpus": 1, "resources": {"labkit_worker": 1.0}, "labels": {"labkit.io/node": "worker-1"}},
+    "env-no-gpus": {"env_vars": {"CUDA_VISIBLE_DEVICES": "0"}},
+    "minimal": {},
+}
+VARIANT_SCRIPT = """
+import json, os, sys, tempfile, threading, time, uuid
+import psutil, ray
+from ray.cluster_utils import Cluster
+extra = json.loads(sys.argv[1])
+root = os.path.join(tempfile.gettempdir(), "labkit-probe", uuid.uuid4().hex[:8])
+os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
+cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "num_gpus": 0,
+    "object_store_memory": 256 * 1024**2, "include_dashboard": False, "temp_dir": root})
+out = {}
+def snapshot():
+    time.sleep(12)
+    procs = []
+    for p in psutil.process_iter(["pid", "ppid", "name", "cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if root not in " ".join(cmd) and "raylet" not in (p.info["name"] or ""):
+            continue
+        item = {"pid": p.info["pid"], "ppid": p.info["ppid"], "name": p.info["name"], "status": p.info["status"],
+                "cmd": " ".join(c for c in cmd if not c.startswith("--") or "log" in c or "port" in c)[:300]}
+        try:
+            item["wchan"] = open(f"/proc/{p.pid}/wchan").read()
+            item["threads"] = p.num_threads()
+            env = open(f"/proc/{p.pid}/environ").read().split(chr(0))
+            item["cvd"] = dict(x.split("=", 1) for x in env if "=" in x).get("CUDA_VISIBLE_DEVICES")
+        except Exception as err:
+            item["err"] = repr(err)
+        procs.append(item)
+    out["processes_at_12s"] = procs
+thread = threading.Thread(target=snapshot, daemon=True)
+thread.start()
+started = time.monotonic()
+try:
+    cluster.add_node(num_cpus=4, object_store_memory=256 * 1024**2, **extra)
+    out["result"] = "registered"
+except Exception as err:
+    out["result"] = f"failed: {err}"[:200]
+out["add_node_s"] = round(time.monotonic() - started, 1)
+thread.join(15)
+logs = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.startswith("raylet")]
+out["raylet_logs"] = {os.path.relpath(f, root): os.path.getsize(f) for f in logs}
+print(json.dumps(out, indent=1))
+cluster.shutdown()
+"""
+
+
+def bisect(out_dir: Path) -> dict[str, Any]:
+    """Try each worker-argument variant in its own process; return what each did."""
+    results = {}
+    for name, extra in VARIANTS.items():
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", VARIANT_SCRIPT, json.dumps(extra)],
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+            text = done.stdout.strip() or done.stderr.strip()[-1500:]
+        except subprocess.TimeoutExpired:
+            text = "timed out after 90 s"
+        results[name] = {"wall_s": round(time.monotonic() - started, 1), "output": text}
+        try:
+            data = json.loads(text)
+            brief = {k: v for k, v in data.items() if k != "processes_at_12s"}
+            brief["processes_at_12s"] = [
+                f"{p['name']} {p['status']} {p.get('wchan')} threads={p.get('threads')} cvd={p.get('cvd')}"
+                for p in data.get("processes_at_12s", [])
+            ]
+            text_brief = json.dumps(brief, indent=1)
+        except ValueError:
+            text_brief = text[-2000:]
+        print(f"== variant {name} ({results[name]['wall_s']} s)\n{text_brief}", flush=True)
+        subprocess.run(["pkill", "-9", "-f", "labkit-probe"], check=False)
+    (out_dir / "bisect.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print host facts, start the split cluster, report; write log tails on failure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -102,10 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-node", type=float, default=4.0)
     parser.add_argument("--start-timeout-s", type=float, default=150.0)
     parser.add_argument("--logs", action="store_true", help="write the log tails even when the start works")
+    parser.add_argument("--bisect", action="store_true", help="first try one worker with each argument variant")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     facts = host_facts()
     print(json.dumps(facts, indent=1), flush=True)
+    if args.bisect:
+        bisect(args.out)
     import labkit
     from labkit.cluster import _temp_root
 
