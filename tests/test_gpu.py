@@ -30,32 +30,11 @@ def split_cluster():
         pytest.skip(f"needs 2 GPUs, this host has {GPUS}")
     from labkit.cluster import start_cluster
 
-    handle = start_cluster(num_nodes=3, gpus_per_node=1, gpu_mode="physical", cpus_per_node=4.0,
-                           start_timeout_s=120.0)
+    handle = start_cluster(num_nodes=3, gpus_per_node=1, gpu_mode="physical", cpus_per_node=4.0, start_timeout_s=120.0)
     try:
         yield handle
     finally:
         handle.stop()
-
-
-def test_gpu_sampler_reads_every_gpu():
-    from labkit.telemetry import GpuSampler
-
-    sampler = GpuSampler()
-    assert sampler.available, sampler.reason
-    samples = sampler.sample_once()
-    assert len(samples) == GPUS
-    for s in samples:
-        assert s.role == "gpu" and 0 <= s.gpu_util_percent <= 100
-        assert 0 < s.gpu_mem_used_bytes <= s.gpu_mem_total_bytes
-
-
-def test_environment_record_names_the_gpus():
-    from labkit.record import record_environment
-
-    env = record_environment()
-    text = repr(env.get("hardware", env)).lower()
-    assert "nvidia" in text or "h100" in text or "h200" in text, text[:500]
 
 
 def test_each_simulated_node_owns_its_own_gpu(split_cluster):
@@ -92,8 +71,9 @@ def test_each_simulated_node_owns_its_own_gpu(split_cluster):
 def test_pipeline_stages_are_placed_on_both_nodes(split_cluster):
     from labkit.serve import plan_placement, reserve_placement, topology_preset
 
-    config = topology_preset("distributed", backend="gpu", num_replicas=1, tensor_parallel_size=1,
-                             pipeline_parallel_size=2)
+    config = topology_preset(
+        "distributed", backend="gpu", num_replicas=1, tensor_parallel_size=1, pipeline_parallel_size=2
+    )
     plan = plan_placement(config, split_cluster.nodes())
     assert len(plan.bundles) == 2 and all(b["GPU"] == 1.0 for b in plan.bundles)
     assert sorted(plan.nodes_for_replicas[0]) == ["worker-1", "worker-2"]
@@ -106,10 +86,19 @@ def test_pp2_replica_answers_across_two_gpu_nodes(split_cluster):
     """The kit deploys a dummy-weight Llama with PP 2 over two GPU nodes and it answers."""
     import labkit
 
-    config = labkit.topology_preset("distributed", backend="gpu", model="dummy:llama-2-7b", num_replicas=1,
-                                    tensor_parallel_size=1, pipeline_parallel_size=2, max_model_len=1024,
-                                    max_num_seqs=16, gpu_memory_utilization=0.5,
-                                    engine_kwargs={"enforce_eager": True}, deploy_timeout_s=400.0)
+    config = labkit.topology_preset(
+        "distributed",
+        backend="gpu",
+        model="dummy:llama-2-7b",
+        num_replicas=1,
+        tensor_parallel_size=1,
+        pipeline_parallel_size=2,
+        max_model_len=1024,
+        max_num_seqs=16,
+        gpu_memory_utilization=0.5,
+        engine_kwargs={"enforce_eager": True},
+        deploy_timeout_s=400.0,
+    )
     deployment = labkit.deploy(config)
     try:
         answer = deployment.complete("Pipeline parallel across nodes", max_tokens=8)
@@ -120,3 +109,25 @@ def test_pp2_replica_answers_across_two_gpu_nodes(split_cluster):
         assert used["gpu0"] > 4 * 1024**3 and used["gpu1"] > 4 * 1024**3, used
     finally:
         deployment.shutdown()
+
+
+# NVML in this process last: NVML loaded in the process that starts Ray's nodes kept new raylets
+# from registering on the GPU hosts tried (labkit.cluster.count_physical_gpus asks in a child).
+def test_gpu_sampler_reads_every_gpu():
+    from labkit.telemetry import GpuSampler
+
+    sampler = GpuSampler()
+    assert sampler.available, sampler.reason
+    samples = sampler.sample_once()
+    assert len(samples) == GPUS
+    for s in samples:
+        assert s.role == "gpu" and 0 <= s.gpu_util_percent <= 100
+        assert 0 < s.gpu_mem_used_bytes <= s.gpu_mem_total_bytes
+
+
+def test_environment_record_names_the_gpus():
+    from labkit.record import record_environment
+
+    env = record_environment()
+    text = repr(env.get("hardware", env)).lower()
+    assert "nvidia" in text or "h100" in text or "h200" in text, text[:500]

@@ -106,12 +106,17 @@ VARIANTS = {
     "no-env": {"num_gpus": 1, "resources": {"labkit_worker": 1.0}, "labels": {"labkit.io/node": "worker-1"}},
     "env-no-gpus": {"env_vars": {"CUDA_VISIBLE_DEVICES": "0"}},
     "minimal": {},
+    "kit-after-nvml": {"num_gpus": 1, "env_vars": {"CUDA_VISIBLE_DEVICES": "0"}, "_nvml_first": True},
 }
 VARIANT_SCRIPT = """
 import json, os, sys, tempfile, threading, time, uuid
 import psutil, ray
 from ray.cluster_utils import Cluster
 extra = json.loads(sys.argv[1])
+if extra.pop("_nvml_first", False):  # NVML started and shut down in this process first
+    import pynvml
+    pynvml.nvmlInit()
+    pynvml.nvmlShutdown()
 root = os.path.join(tempfile.gettempdir(), "labkit-probe", uuid.uuid4().hex[:8])
 os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
 cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "num_gpus": 0,
@@ -152,10 +157,12 @@ cluster.shutdown()
 """
 
 
-def bisect(out_dir: Path) -> dict[str, Any]:
+def bisect(out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
     """Try each worker-argument variant in its own process; return what each did."""
     results = {}
     for name, extra in VARIANTS.items():
+        if only and name not in only:
+            continue
         started = time.monotonic()
         try:
             done = subprocess.run(
@@ -193,13 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-node", type=float, default=4.0)
     parser.add_argument("--start-timeout-s", type=float, default=150.0)
     parser.add_argument("--logs", action="store_true", help="write the log tails even when the start works")
-    parser.add_argument("--bisect", action="store_true", help="first try one worker with each argument variant")
+    parser.add_argument(
+        "--bisect", nargs="*", metavar="VARIANT", help=f"first try one worker per variant {list(VARIANTS)}"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     facts = host_facts()
     print(json.dumps(facts, indent=1), flush=True)
-    if args.bisect:
-        bisect(args.out)
+    if args.bisect is not None:
+        bisect(args.out, args.bisect)
     import labkit
     from labkit.cluster import _temp_root
 

@@ -35,28 +35,45 @@ def _log(msg: str) -> None:
 
 
 def _gpu_memory() -> list[dict[str, Any]]:
-    """Return used / total memory and utilization of every GPU (NVML)."""
-    import pynvml  # the GPU host has nvidia-ml-py
+    """Return used / total memory and utilization of every GPU (nvidia-smi, in a child process).
 
-    pynvml.nvmlInit()
-    try:
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            out.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle), "used_gib": round(mem.used / 1024**3, 2),
-                        "total_gib": round(mem.total / 1024**3, 2),
-                        "util_percent": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu})
-        return out
-    finally:
-        pynvml.nvmlShutdown()
+    Not NVML in this process: NVML loaded in the process that starts Ray's nodes kept the worker
+    raylets from registering (see ``labkit.cluster.count_physical_gpus``).
+    """
+    query = "index,name,memory.used,memory.total,utilization.gpu"
+    done = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    out = []
+    for line in done.stdout.strip().splitlines():
+        index, name, used, total, util = (x.strip() for x in line.split(","))
+        out.append(
+            {
+                "index": int(index),
+                "name": name,
+                "used_gib": round(float(used) / 1024, 2),
+                "total_gib": round(float(total) / 1024, 2),
+                "util_percent": float(util),
+            }
+        )
+    return out
 
 
 def _row(run: Any, deploy_s: float) -> dict[str, Any]:
     s = run.summary
-    row: dict[str, Any] = {"deploy_s": round(deploy_s, 2), "offered_rps": s.offered_rate_rps, "requests": s.requests,
-                           "ok": s.ok, "errors": s.errors, "output_tokens_per_s": s.output_tokens_per_s,
-                           "throughput_rps": s.throughput_rps}
+    row: dict[str, Any] = {
+        "deploy_s": round(deploy_s, 2),
+        "offered_rps": s.offered_rate_rps,
+        "requests": s.requests,
+        "ok": s.ok,
+        "errors": s.errors,
+        "output_tokens_per_s": s.output_tokens_per_s,
+        "throughput_rps": s.throughput_rps,
+    }
     for metric in ("ttft", "e2e"):
         m = s.metrics.get(metric)
         for q in ("p50", "p95", "p99"):
@@ -86,59 +103,115 @@ def run_kit(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from labkit.serve import deploy_coordinator
 
     per_node = args.gpus // 2
-    cluster = labkit.start_cluster(num_nodes=3, gpus_per_node=per_node, gpu_mode="physical",
-                                   cpus_per_node=float(args.cpus_per_node), head_cpus=2.0,
-                                   object_store_mb_per_node=1024, start_timeout_s=120.0)
+    cluster = labkit.start_cluster(
+        num_nodes=3,
+        gpus_per_node=per_node,
+        gpu_mode="physical",
+        cpus_per_node=float(args.cpus_per_node),
+        head_cpus=2.0,
+        object_store_mb_per_node=1024,
+        start_timeout_s=120.0,
+    )
     try:
         _log(f"cluster up in {cluster.start_s:.1f} s\n{cluster!r}")
         config = labkit.topology_preset(
-            "distributed", backend="gpu", model=args.model, num_replicas=1, tensor_parallel_size=args.tp,
-            pipeline_parallel_size=args.pp, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-            max_tokens_limit=args.max_tokens, gpu_memory_utilization=args.gpu_memory_utilization,
-            max_ongoing_requests=512, engine_kwargs=_engine_kwargs(args), deploy_timeout_s=540.0)
+            "distributed",
+            backend="gpu",
+            model=args.model,
+            num_replicas=1,
+            tensor_parallel_size=args.tp,
+            pipeline_parallel_size=args.pp,
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            max_tokens_limit=args.max_tokens,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_ongoing_requests=512,
+            engine_kwargs=_engine_kwargs(args),
+            deploy_timeout_s=540.0,
+        )
         deployment = labkit.deploy(config)
-        _log(f"deployed in {deployment.deploy_s:.1f} s: {deployment!r}; plan {deployment.plan.bundles} "
-             f"{deployment.plan.strategy} forecast {deployment.plan.nodes_for_replicas}")
+        _log(
+            f"deployed in {deployment.deploy_s:.1f} s: {deployment!r}; plan {deployment.plan.bundles} "
+            f"{deployment.plan.strategy} forecast {deployment.plan.nodes_for_replicas}"
+        )
         bundles = _bundle_nodes(cluster)
         gpus_after_deploy = _gpu_memory()
         _log(f"bundles on nodes: {bundles}; GPU memory after deploy: {gpus_after_deploy}")
         answer = deployment.complete("The chapter says", max_tokens=8)
         gated_url = deploy_coordinator(deployment, max_concurrency=args.coordinator_max_concurrency)
         doors = {"distributed": deployment.url, "gated": gated_url}
-        common = {"duration_s": args.duration_s, "max_tokens": args.max_tokens, "prompt_tokens": args.prompt_tokens,
-                  "seed": 0, "records_dir": out / "records", "progress": False, "timeout_s": 120.0}
+        common = {
+            "duration_s": args.duration_s,
+            "max_tokens": args.max_tokens,
+            "prompt_tokens": args.prompt_tokens,
+            "seed": 0,
+            "records_dir": out / "records",
+            "progress": False,
+            "timeout_s": 120.0,
+        }
         low, high = args.rates
         experiment = labkit.compare_topologies(doors, rate_rps=low, **common)
         high_run = labkit.run_topology("distributed", deployment.url, rate_rps=high, **common)
-        runs = {f"distributed-{low:g}rps": experiment.runs["distributed"],
-                f"gated-{low:g}rps": experiment.runs["gated"], f"distributed-{high:g}rps": high_run}
+        runs = {
+            f"distributed-{low:g}rps": experiment.runs["distributed"],
+            f"gated-{low:g}rps": experiment.runs["gated"],
+            f"distributed-{high:g}rps": high_run,
+        }
         for name, run in runs.items():
             _log(f"{name}: {run.summary!r}\n  diagnosis: {run.diagnosis.verdict}")
         _figures(runs, out / "figures", "kit")
-        fig = labkit.plot_latency_cdf({k: v.result for k, v in runs.items()}, "ttft", name="kit: doors and loads",
-                                      log_x=True)
+        fig = labkit.plot_latency_cdf(
+            {k: v.result for k, v in runs.items()}, "ttft", name="kit: doors and loads", log_x=True
+        )
         labkit.save_figure(fig, out / "figures" / "cdf-ttft-kit", formats=("png",))
         rows = {name: _row(run, deployment.deploy_s) for name, run in runs.items()}
         log = labkit.checkpoint(
-            "gpu-load-exercise", learner_id="reference-gpu", cluster=cluster, model=deployment.model.model,
+            "gpu-load-exercise",
+            learner_id="reference-gpu",
+            cluster=cluster,
+            model=deployment.model.model,
             records={k: v.result.records for k, v in runs.items()},
-            parameters={"gpus": args.gpus, "model": args.model, "tensor_parallel_size": args.tp,
-                        "pipeline_parallel_size": args.pp, "rates_rps": list(args.rates), "duration_s": args.duration_s,
-                        "max_tokens": args.max_tokens, "prompt_tokens": args.prompt_tokens,
-                        "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs,
-                        "enforce_eager": args.enforce_eager,
-                        "coordinator_max_concurrency": args.coordinator_max_concurrency},
-            outputs={"claim": experiment.claim(), "runs": {k: v.to_dict() for k, v in runs.items()},
-                     "table": rows, "deploy_s": deployment.deploy_s, "placement": deployment.plan.to_dict(),
-                     "bundle_nodes": bundles, "gpu_memory_after_deploy": gpus_after_deploy,
-                     "generations": [answer["choices"][0]["text"]]},
-            constraints={"backend": "gpu", "model_parameters": deployment.model.parameters,
-                         "load_format": "dummy", "num_replicas": 1,
-                         "load_generator": "same machine as the cluster"},
-            runs_dir=out)
+            parameters={
+                "gpus": args.gpus,
+                "model": args.model,
+                "tensor_parallel_size": args.tp,
+                "pipeline_parallel_size": args.pp,
+                "rates_rps": list(args.rates),
+                "duration_s": args.duration_s,
+                "max_tokens": args.max_tokens,
+                "prompt_tokens": args.prompt_tokens,
+                "max_model_len": args.max_model_len,
+                "max_num_seqs": args.max_num_seqs,
+                "enforce_eager": args.enforce_eager,
+                "coordinator_max_concurrency": args.coordinator_max_concurrency,
+            },
+            outputs={
+                "claim": experiment.claim(),
+                "runs": {k: v.to_dict() for k, v in runs.items()},
+                "table": rows,
+                "deploy_s": deployment.deploy_s,
+                "placement": deployment.plan.to_dict(),
+                "bundle_nodes": bundles,
+                "gpu_memory_after_deploy": gpus_after_deploy,
+                "generations": [answer["choices"][0]["text"]],
+            },
+            constraints={
+                "backend": "gpu",
+                "model_parameters": deployment.model.parameters,
+                "load_format": "dummy",
+                "num_replicas": 1,
+                "load_generator": "same machine as the cluster",
+            },
+            runs_dir=out,
+        )
         _log(f"verification log: {log.path}")
-        return {"deploy_s": deployment.deploy_s, "rows": rows, "claim": experiment.claim(), "bundles": bundles,
-                "log": str(log.path)}
+        return {
+            "deploy_s": deployment.deploy_s,
+            "rows": rows,
+            "claim": experiment.claim(),
+            "bundles": bundles,
+            "log": str(log.path),
+        }
     finally:
         cluster.stop()
 
@@ -158,9 +231,15 @@ def _bundle_nodes(cluster: Any) -> list[dict[str, Any]]:
             if pg.get("state") != "CREATED":
                 continue
             nodes = pg.get("bundles_to_node_id", {})
-            out.append({"strategy": pg.get("strategy"), "bundles": [
-                {"resources": pg["bundles"][i], "node": names.get(nodes.get(i), nodes.get(i))}
-                for i in sorted(pg["bundles"])]})
+            out.append(
+                {
+                    "strategy": pg.get("strategy"),
+                    "bundles": [
+                        {"resources": pg["bundles"][i], "node": names.get(nodes.get(i), nodes.get(i))}
+                        for i in sorted(pg["bundles"])
+                    ],
+                }
+            )
     except Exception as err:  # noqa: BLE001 - evidence only: never lose the run for it
         out.append({"error": repr(err)})
     return out
@@ -173,11 +252,31 @@ def run_vllm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     spec = resolve_model(args.model)
     port = 8100
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model,
-           "--served-model-name", spec.served_name, "--load-format", spec.load_format,
-           "--tensor-parallel-size", str(args.tp), "--pipeline-parallel-size", str(args.pp),
-           "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
-           "--gpu-memory-utilization", str(args.gpu_memory_utilization), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        spec.model,
+        "--served-model-name",
+        spec.served_name,
+        "--load-format",
+        spec.load_format,
+        "--tensor-parallel-size",
+        str(args.tp),
+        "--pipeline-parallel-size",
+        str(args.pp),
+        "--max-model-len",
+        str(args.max_model_len),
+        "--max-num-seqs",
+        str(args.max_num_seqs),
+        "--gpu-memory-utilization",
+        str(args.gpu_memory_utilization),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if args.enforce_eager:
         cmd.append("--enforce-eager")
     env = {**os.environ, **NO_MULTICAST, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(args.gpus))}
@@ -194,16 +293,24 @@ def run_vllm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 raise RuntimeError(msg)
             try:
                 body = json.dumps({"model": spec.served_name, "prompt": "ready?", "max_tokens": 1}).encode()
-                req = urllib.request.Request(f"{url}/v1/completions", data=body,
-                                             headers={"content-type": "application/json"})
+                req = urllib.request.Request(
+                    f"{url}/v1/completions", data=body, headers={"content-type": "application/json"}
+                )
                 with urllib.request.urlopen(req, timeout=30):  # noqa: S310 - local server
                     break
             except OSError:
                 time.sleep(1.0)
         deploy_s = time.monotonic() - started
         _log(f"vLLM alone answered after {deploy_s:.1f} s")
-        common = {"duration_s": args.duration_s, "max_tokens": args.max_tokens, "prompt_tokens": args.prompt_tokens,
-                  "seed": 0, "records_dir": out / "records", "progress": False, "timeout_s": 120.0}
+        common = {
+            "duration_s": args.duration_s,
+            "max_tokens": args.max_tokens,
+            "prompt_tokens": args.prompt_tokens,
+            "seed": 0,
+            "records_dir": out / "records",
+            "progress": False,
+            "timeout_s": 120.0,
+        }
         runs = {f"vllm-{rate:g}rps": labkit.run_topology("vllm", url, rate_rps=rate, **common) for rate in args.rates}
         for name, run in runs.items():
             _log(f"{name}: {run.summary!r}")
@@ -224,9 +331,14 @@ def compare(kit: dict[str, Any], vllm: dict[str, Any], rates: list[float]) -> di
         k, v = kit["rows"][f"distributed-{rate:g}rps"], vllm["rows"][f"vllm-{rate:g}rps"]
         keys = ["deploy_s", "output_tokens_per_s"]
         keys += [f"{m}_{q}_s" for m in ("ttft", "e2e") for q in ("p50", "p95", "p99")]
-        table[f"{rate:g}rps"] = {key: {"kit": k.get(key), "vllm": v.get(key),
-                                       "ratio": (k[key] / v[key]) if k.get(key) and v.get(key) else None}
-                                 for key in keys}
+        table[f"{rate:g}rps"] = {
+            key: {
+                "kit": k.get(key),
+                "vllm": v.get(key),
+                "ratio": (k[key] / v[key]) if k.get(key) and v.get(key) else None,
+            }
+            for key in keys
+        }
     return table
 
 
@@ -253,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(NO_MULTICAST)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "figures").mkdir(exist_ok=True)
-    result: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                              "gpus_before": _gpu_memory()}
+    result: dict[str, Any] = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "gpus_before": _gpu_memory(),
+    }
     if args.phase in ("kit", "both"):
         result["kit"] = run_kit(args, args.out)
         (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
