@@ -107,6 +107,15 @@ VARIANTS = {
     "env-no-gpus": {"env_vars": {"CUDA_VISIBLE_DEVICES": "0"}},
     "minimal": {},
     "kit-after-nvml": {"num_gpus": 1, "env_vars": {"CUDA_VISIBLE_DEVICES": "0"}, "_nvml_first": True},
+    "kit-head-args": {
+        "num_gpus": 1,
+        "env_vars": {"CUDA_VISIBLE_DEVICES": "0"},
+        "num_cpus": 4.0,
+        "resources": {"labkit_node_worker-1": 1.0, "labkit_worker": 1.0},
+        "labels": {"labkit.io/node": "worker-1"},
+        "_kit_head": True,
+    },
+    "kit-start-fresh-process": {"_kit_start": True},
 }
 VARIANT_SCRIPT = """
 import json, os, sys, tempfile, threading, time, uuid
@@ -119,8 +128,14 @@ if extra.pop("_nvml_first", False):  # NVML started and shut down in this proces
     pynvml.nvmlShutdown()
 root = os.path.join(tempfile.gettempdir(), "labkit-probe", uuid.uuid4().hex[:8])
 os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
-cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "num_gpus": 0,
-    "object_store_memory": 256 * 1024**2, "include_dashboard": False, "temp_dir": root})
+head = {"num_cpus": 1, "num_gpus": 0, "object_store_memory": 256 * 1024**2, "include_dashboard": False,
+        "temp_dir": root}
+if extra.pop("_kit_head", False):  # the kit's head arguments
+    head.update(num_cpus=1.0, resources={"labkit_head": 1.0, "labkit_node_head": 1.0},
+                labels={"labkit.io/node": "head"})
+kit_start = extra.pop("_kit_start", False)
+if not kit_start:
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
 out = {}
 def snapshot():
     time.sleep(12)
@@ -144,17 +159,46 @@ thread = threading.Thread(target=snapshot, daemon=True)
 thread.start()
 started = time.monotonic()
 try:
-    cluster.add_node(num_cpus=4, object_store_memory=256 * 1024**2, **extra)
-    out["result"] = "registered"
+    if kit_start:
+        import labkit
+        handle = labkit.start_cluster(num_nodes=2, gpus_per_node=1, gpu_mode="physical", cpus_per_node=4.0,
+                                      start_timeout_s=40, temp_dir=root)
+        out["result"] = f"registered: {len(handle.nodes())} nodes"
+        handle.stop()
+    else:
+        cluster.add_node(**{"num_cpus": 4, "object_store_memory": 256 * 1024**2, **extra})
+        out["result"] = "registered"
 except Exception as err:
-    out["result"] = f"failed: {err}"[:200]
+    out["result"] = f"failed: {err}"[:300]
 out["add_node_s"] = round(time.monotonic() - started, 1)
 thread.join(15)
 logs = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.startswith("raylet")]
 out["raylet_logs"] = {os.path.relpath(f, root): os.path.getsize(f) for f in logs}
 print(json.dumps(out, indent=1))
-cluster.shutdown()
+if not kit_start:
+    cluster.shutdown()
 """
+
+
+def process_snapshot(marker: str) -> list[str]:
+    """Return one line per Ray process whose command line names ``marker`` (state, wait channel)."""
+    import psutil
+
+    lines = []
+    for p in psutil.process_iter(["pid", "ppid", "name", "cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if marker not in cmd and "raylet" not in (p.info["name"] or ""):
+            continue
+        try:
+            wchan = Path(f"/proc/{p.pid}/wchan").read_text()
+            threads = p.num_threads()
+        except (OSError, psutil.Error):
+            wchan, threads = "?", "?"
+        short = " ".join(c for c in (p.info["cmdline"] or [])[:2])[-120:]
+        lines.append(
+            f"{p.info['pid']}<{p.info['ppid']} {p.info['name']} {p.info['status']} {wchan} t={threads} {short}"
+        )
+    return lines
 
 
 def bisect(out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -216,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     before = set(glob.glob(os.path.join(root, "*")))
     started = time.monotonic()
     result: dict[str, Any] = {"facts": facts}
+    import threading
+
+    def watch() -> None:
+        time.sleep(15)
+        result["processes_at_15s"] = process_snapshot(root)
+
+    threading.Thread(target=watch, daemon=True).start()
     try:
         handle = labkit.start_cluster(
             num_nodes=3,
@@ -229,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         handle = None
     else:
         result.update(ok=True, start_s=round(handle.start_s, 1), nodes=[n.to_dict() for n in handle.nodes()])
-    print(json.dumps({k: v for k, v in result.items() if k != "facts"}, indent=1, default=str), flush=True)
+    print(
+        json.dumps({k: v for k, v in result.items() if k not in ("facts", "nodes")}, indent=1, default=str), flush=True
+    )
     if not result["ok"] or args.logs:
         new = sorted(set(glob.glob(os.path.join(root, "*"))) - before)
         tails = "\n".join(log_tails(d) for d in new)
