@@ -507,7 +507,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
     os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
     # Each node's resources: a node-name resource (pin things to a node) and a label.
     head_args: dict[str, Any] = {
-        "num_cpus": config.head_cpus,
+        "num_cpus": _whole(config.head_cpus),
         "num_gpus": 0,
         "object_store_memory": config.object_store_mb_per_node * 1024**2,
         "resources": {"labkit_head": 1.0, "labkit_node_head": 1.0},
@@ -525,7 +525,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
         slow_nodes: list[str] = []
         for i, gpus in enumerate(config.worker_gpus(), start=1):
             args: dict[str, Any] = {
-                "num_cpus": config.cpus_per_node,
+                "num_cpus": _whole(config.cpus_per_node),
                 "num_gpus": gpus,
                 "object_store_memory": config.object_store_mb_per_node * 1024**2,
                 "resources": {f"labkit_node_worker-{i}": 1.0, "labkit_worker": 1.0},
@@ -563,6 +563,12 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
 # slowly (a busy or freshly booted GPU host) registers later; its processes keep running, so the
 # kit waits for it up to start_timeout_s instead of failing at 30 s.
 _RAY_NODE_WAIT_MESSAGE = "timed out during startup"
+
+
+def _whole(cpus: float) -> int | float:
+    # A raylet given a float CPU count next to GPUs ("num_cpus": 4.0 with num_gpus=1) exited at
+    # start-up without a log line on Ray 2.60 GPU hosts: pass whole numbers as ints.
+    return int(cpus) if float(cpus).is_integer() else cpus
 
 
 def _add_worker(cluster: Any, args: dict[str, Any], name: str, slow_nodes: list[str]) -> None:
