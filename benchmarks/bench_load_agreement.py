@@ -17,6 +17,7 @@ Usage::
     python benchmarks/bench_load_agreement.py --url http://127.0.0.1:8000 --model tiny \\
         --tokenizer /path/to/tokenizer --users 4 --num-requests 200 --input-len 32 --output-len 32
     python benchmarks/bench_load_agreement.py --fake          # dry run against tests/_fake_openai.py
+    python benchmarks/bench_load_agreement.py --embedded --repeats 5   # the kit's own deployment, one replica
 
 Writes ``benchmarks/results/load_agreement.json`` (``load_agreement_dryrun.json`` with --fake)
 and prints a table.
@@ -107,6 +108,19 @@ def _start_fake(args: argparse.Namespace) -> subprocess.Popen:
     return server
 
 
+def _start_embedded(args: argparse.Namespace):  # noqa: ANN202 - labkit.ClusterHandle, imported lazily
+    """Start the kit's cluster with one tiny-model replica; point ``args`` at it; return the cluster."""
+    import labkit
+    from labkit.models import make_tiny_model
+
+    cluster = labkit.start_cluster(num_nodes=2)
+    deployment = labkit.deploy(labkit.topology_preset("distributed", num_replicas=1))
+    args.url, args.model = deployment.url, deployment.served_model_name
+    args.tokenizer = args.tokenizer or str(make_tiny_model())
+    print(f"embedded deployment at {args.url} ({args.model})", flush=True)
+    return cluster
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", help="base URL of the deployment, e.g. http://127.0.0.1:8000")
@@ -120,11 +134,14 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--repeats", type=int, default=1, help="alternate kit / vLLM this many times; compare medians")
     p.add_argument("--fake", action="store_true", help="dry run against tests/_fake_openai.py")
+    p.add_argument("--embedded", action="store_true",
+                   help="start the kit's embedded cluster (head + 1 worker) with one tiny-model replica and use it")
     p.add_argument("--fake-ttft-ms", type=float, default=50.0)
     p.add_argument("--fake-itl-ms", type=float, default=10.0)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     server = _start_fake(args) if args.fake else None
+    cluster = _start_embedded(args) if args.embedded else None
     if not args.url or not args.model:
         p.error("--url and --model are required (or --fake)")
     if args.tokenizer is None:  # what vLLM's client does too; pass --tokenizer for a served alias
@@ -143,9 +160,11 @@ def main() -> int:
         if server is not None:
             server.terminate()
             server.communicate(timeout=30)
+        if cluster is not None:
+            cluster.stop()
     result = compare(kit_runs, vllm_runs)
     doc = {"benchmark": "load_agreement", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "dry_run_against_fake_server": args.fake,
+           "dry_run_against_fake_server": args.fake, "embedded_deployment": args.embedded,
            "setup": {k: getattr(args, k) for k in ("url", "model", "tokenizer", "users", "num_requests", "input_len",
                                                    "output_len", "seed", "repeats")},
            "targets": {"p50": "within 5%", "p99": "within 10%"}, "comparison": result,

@@ -171,24 +171,18 @@ class NodeInfo:
 
 
 def count_physical_gpus() -> int:
-    """Return the number of NVIDIA GPUs visible through NVML (0 when none or no driver).
-
-    NVML is asked in a short child process: on a GPU host, NVML started and shut down in the
-    process that then starts Ray's nodes kept the new raylets from ever registering (seen with
-    Ray 2.60 on H200 hosts), so the kit never loads NVML in that process before the cluster is up.
-    """
-    import subprocess
-    import sys
-
-    code = (
-        "import pynvml\n"
-        "try:\n    pynvml.nvmlInit()\nexcept Exception:\n    print(0)\n"
-        "else:\n    print(pynvml.nvmlDeviceGetCount())\n    pynvml.nvmlShutdown()\n"
-    )
+    """Return the number of NVIDIA GPUs visible through NVML (0 when none or no driver)."""
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-        return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+        import pynvml  # optional: only where nvidia-ml-py is installed
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - NVML raises its own error types for "no driver"
         return 0
 
 

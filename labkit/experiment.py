@@ -103,6 +103,7 @@ def run_topology(
     duration_s: float = 20.0,
     max_tokens: int = 24,
     prompt_tokens: int = 32,
+    tokenizer: str | None = None,
     arrival: str = "poisson",
     burstiness: float = 1.0,
     warmup_requests: int = 4,
@@ -128,6 +129,9 @@ def run_topology(
         Measured schedule length.
     max_tokens, prompt_tokens : int
         Request shape (``ignore_eos`` makes every answer ``max_tokens`` long).
+    tokenizer : str, optional
+        Tokenizer path or id: prompts are then exactly ``prompt_tokens`` tokens of it. Without
+        one, prompts are ``prompt_tokens`` plain words (about twice as many tokens).
     arrival : str
         ``poisson``, ``constant`` or ``gamma``.
     burstiness : float
@@ -167,6 +171,7 @@ def run_topology(
         duration_s=duration_s,
         max_tokens=max_tokens,
         prompt_tokens=prompt_tokens,
+        tokenizer=tokenizer,
         warmup_requests=warmup_requests,
         seed=seed,
         ignore_eos=True,

@@ -81,3 +81,31 @@ def test_config_defaults_fit_a_small_machine():
     config.validate()
     assert config.num_nodes == 3
     assert config.to_dict()["gpus_per_node"] == [0, 0]
+
+
+def test_whole_cpu_counts_reach_ray_as_ints():
+    # A raylet given num_cpus=4.0 beside a GPU exited at start-up on Ray 2.60 GPU hosts.
+    from labkit.cluster import _whole
+
+    assert _whole(4.0) == 4 and isinstance(_whole(4.0), int)
+    assert _whole(2) == 2 and isinstance(_whole(2), int)
+    assert _whole(0.5) == 0.5
+
+
+def test_a_worker_past_rays_30_s_wait_is_waited_for_not_fatal():
+    from labkit.cluster import _add_worker
+
+    class SlowCluster:
+        def add_node(self, **_):
+            raise Exception("The current node timed out during startup. This could happen because ...")  # noqa: TRY002
+
+    class BrokenCluster:
+        def add_node(self, **_):
+            raise ValueError("bad argument")
+
+    slow: list[str] = []
+    _add_worker(SlowCluster(), {}, "worker-1", slow)
+    assert slow == ["worker-1"]
+    with pytest.raises(ValueError, match="bad argument"):
+        _add_worker(BrokenCluster(), {}, "worker-2", slow)
+    assert slow == ["worker-1"]

@@ -111,8 +111,7 @@ def test_pp2_replica_answers_across_two_gpu_nodes(split_cluster):
         deployment.shutdown()
 
 
-# NVML in this process last: NVML loaded in the process that starts Ray's nodes kept new raylets
-# from registering on the GPU hosts tried (labkit.cluster.count_physical_gpus asks in a child).
+# The tests that need no cluster.
 def test_gpu_sampler_reads_every_gpu():
     from labkit.telemetry import GpuSampler
 

@@ -44,7 +44,21 @@ def test_tiny_tokenizer_is_byte_level_bpe(tmp_path):
     tok = AutoTokenizer.from_pretrained(make_tiny_model(tmp_path / "m"))
     text = "Tail latency spikes at p99 — ünïcode ok"
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-    assert len(tok) <= json.loads((tmp_path / "m" / "config.json").read_text())["vocab_size"]
+    vocab = json.loads((tmp_path / "m" / "config.json").read_text())["vocab_size"]
+    assert len(tok) == vocab
+    # Every id the model can emit decodes to visible text: a stream's first event is its first token.
+    silent = [i for i in range(vocab) if not tok.decode([i]).strip() and i not in tok.all_special_ids]
+    assert len(silent) < 40, silent  # byte tokens of whitespace and control characters
+    assert tok.decode([vocab - 1]) == f" w{vocab - 1}"
+
+
+def test_dummy_model_tokenizer_covers_the_architecture_vocabulary(tmp_path):
+    from transformers import AutoTokenizer
+
+    path = make_dummy_model("llama-2-7b", tmp_path / "d")
+    tok = AutoTokenizer.from_pretrained(path)
+    assert len(tok) == 32000
+    assert tok.decode([31999]) == " w31999"
 
 
 def test_llama_2_70b_shape_has_70b_parameters(tmp_path):

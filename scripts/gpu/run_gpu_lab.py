@@ -35,11 +35,7 @@ def _log(msg: str) -> None:
 
 
 def _gpu_memory() -> list[dict[str, Any]]:
-    """Return used / total memory and utilization of every GPU (nvidia-smi, in a child process).
-
-    Not NVML in this process: NVML loaded in the process that starts Ray's nodes kept the worker
-    raylets from registering (see ``labkit.cluster.count_physical_gpus``).
-    """
+    """Return used / total memory and utilization of every GPU (``nvidia-smi``)."""
     query = "index,name,memory.used,memory.total,utilization.gpu"
     done = subprocess.run(
         ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
@@ -145,6 +141,7 @@ def run_kit(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "max_tokens": args.max_tokens,
             "prompt_tokens": args.prompt_tokens,
             "seed": 0,
+            "tokenizer": str(deployment.model.model),
             "records_dir": out / "records",
             "progress": False,
             "timeout_s": 120.0,
@@ -307,6 +304,7 @@ def run_vllm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "max_tokens": args.max_tokens,
             "prompt_tokens": args.prompt_tokens,
             "seed": 0,
+            "tokenizer": str(spec.model),
             "records_dir": out / "records",
             "progress": False,
             "timeout_s": 120.0,
