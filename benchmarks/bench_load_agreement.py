@@ -108,6 +108,11 @@ def _start_fake(args: argparse.Namespace) -> subprocess.Popen:
     return server
 
 
+def _home_to_tilde(value):  # noqa: ANN001, ANN202 - any argument value
+    """Return ``value`` with this machine's home folder written ``~`` (results are committed)."""
+    return value.replace(str(Path.home()), "~") if isinstance(value, str) else value
+
+
 def _start_embedded(args: argparse.Namespace):  # noqa: ANN202 - labkit.ClusterHandle, imported lazily
     """Start the kit's cluster with one tiny-model replica; point ``args`` at it; return the cluster."""
     import labkit
@@ -165,8 +170,8 @@ def main() -> int:
     result = compare(kit_runs, vllm_runs)
     doc = {"benchmark": "load_agreement", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "dry_run_against_fake_server": args.fake, "embedded_deployment": args.embedded,
-           "setup": {k: getattr(args, k) for k in ("url", "model", "tokenizer", "users", "num_requests", "input_len",
-                                                   "output_len", "seed", "repeats")},
+           "setup": {k: _home_to_tilde(getattr(args, k)) for k in ("url", "model", "tokenizer", "users", "num_requests",
+                                                                  "input_len", "output_len", "seed", "repeats")},
            "targets": {"p50": "within 5%", "p99": "within 10%"}, "comparison": result,
            "all_within": all(r["within"] for r in result.values()), "kit_runs": kit_runs, "vllm_runs": vllm_runs}
     name = "load_agreement_dryrun.json" if args.fake else "load_agreement.json"
