@@ -217,7 +217,7 @@ def test_bad_inputs_raise_with_the_value_and_the_fix(kwargs: dict, error: type, 
 
 
 def test_a_log_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(record, "MAX_LOG_BYTES", 10_000)
+    monkeypatch.setattr(record.build, "MAX_LOG_BYTES", 10_000)  # where build_log reads it
     with pytest.raises(RecordError, match="fewer records"):
         quick_log(records=make_records(500))
 
@@ -231,7 +231,7 @@ def test_save_is_atomic_and_leaves_the_old_file_on_failure(monkeypatch: pytest.M
     def broken_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(record.os, "replace", broken_replace)
+    monkeypatch.setattr(record.log.os, "replace", broken_replace)
     with pytest.raises(RecordError, match="No space left"):
         VerificationLog(quick_log(learner_id="bob")).save(target)
     assert target.read_bytes() == before
@@ -414,7 +414,7 @@ def test_gpus_through_nvidia_smi_when_nvml_is_missing(monkeypatch: pytest.Monkey
 
 def test_no_gpu_gives_an_empty_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)
-    monkeypatch.setattr(record.shutil, "which", lambda name: None)
+    monkeypatch.setattr(record.environment.shutil, "which", lambda name: None)
     hw = record.record_environment()["hardware"]
     assert hw["gpus"] == [] and hw["gpu_source"] == "none" and hw["cuda_version"] is None
 
