@@ -420,7 +420,8 @@ def test_without_usage_tokens_are_unknown_or_counted_by_a_tokenizer(monkeypatch)
         res = run_load(_cfg(server.url, num_requests=3), progress=False)
         assert all(r.output_tokens is None and r.token_source is None for r in res.records)
         assert any("output_tokens unknown" in n for n in res.notes)
-        monkeypatch.setattr("labkit.load._load_tokenizer", lambda name: _WordTokenizer())
+        monkeypatch.setattr("labkit.load.runner._load_tokenizer", lambda name: _WordTokenizer())
+        monkeypatch.setattr("labkit.load.prompts._load_tokenizer", lambda name: _WordTokenizer())
         res = run_load(_cfg(server.url, num_requests=3, tokenizer="words"), progress=False)
     assert all(r.output_tokens == 5 and r.token_source == "tokenizer" for r in res.records)
 
@@ -616,7 +617,7 @@ def test_a_burst_opens_connections_a_few_at_a_time(monkeypatch):
     into 1 s SYN retries): at most _MAX_CONNECTING are opening, the rest wait, none is lost."""
     import labkit.load as load
 
-    monkeypatch.setattr(load, "_MAX_CONNECTING", 2)
+    monkeypatch.setattr("labkit.load.runner._MAX_CONNECTING", 2)
     most = []
     original = load._Runner._connect
 
@@ -697,7 +698,7 @@ def test_schedule_lag_is_small_with_and_without_timerfd(timerfd, monkeypatch):
     """Where no timerfd exists (not Linux) the loop's timers plus a short spin keep the schedule.
     Exact: never early. Noise-sensitive: median lag under 1 ms (+ measured slack)."""
     if not timerfd:
-        monkeypatch.setattr("labkit.load._TimerFd.create", classmethod(lambda cls, loop, callback: None))
+        monkeypatch.setattr("labkit.load.schedule._TimerFd.create", classmethod(lambda cls, loop, callback: None))
 
     ticks = []
     original = _Runner._tick
