@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,31 @@ def _config_from_args(args: Any, records_path: str) -> LoadConfig:
     return LoadConfig(**kwargs, headers=headers, records_path=records_path)
 
 
+_EXIT_GRACE_S = 10.0
+
+
+def _interrupt_with_deadline(message: str) -> Any:
+    """Return a SIGINT handler: stop the run now, and exit at most ``_EXIT_GRACE_S`` later.
+
+    Ctrl-C raises KeyboardInterrupt, which ends the run and keeps its records (each is written and
+    flushed as it finishes). Should the shutdown hang anyway (seen once in a test run on a loaded
+    machine, cause not found), a timer ends the process with status 130; nothing is lost then.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        def give_up() -> None:
+            print(message, file=sys.stderr, flush=True)
+            os._exit(130)
+
+        timer = threading.Timer(_EXIT_GRACE_S, give_up)
+        timer.daemon = True
+        timer.start()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: no grace
+        raise KeyboardInterrupt
+
+    return handler
+
+
 def _cmd_load(args: Any) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,13 +122,17 @@ def _cmd_load(args: Any) -> int:
         for k, v in (("ttft_s", args.slo_ttft), ("e2e_s", args.slo_e2e), ("tpot_s", args.slo_tpot))
         if v is not None
     } or None
+    message = f"labkit load: interrupted; finished requests are in {out}"
+    previous = signal.signal(signal.SIGINT, _interrupt_with_deadline(message))
     try:
         results = (
             run_sweep(config, rates, progress=args.progress) if rates else [run_load(config, progress=args.progress)]
         )
     except KeyboardInterrupt:
-        print(f"labkit load: interrupted; finished requests are in {out}", file=sys.stderr)
+        print(message, file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     summaries = []
     for result in results:
         summary = result.summary(slo=slo)
