@@ -193,7 +193,7 @@ def test_cpu_samples_prefer_the_process_sampler():
 
 
 def test_recorder_notes_telemetry_failures_instead_of_losing_the_run(monkeypatch):
-    import labkit.telemetry as tel
+    import labkit.telemetry.recorder as tel  # the module whose TelemetryRecorder.start looks up find_serve_processes
 
     monkeypatch.setitem(sys.modules, "pynvml", None)
 
