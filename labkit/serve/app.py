@@ -1,0 +1,204 @@
+"""Building the application: vLLM engine arguments, runtime env, the Serve app and the ``ray.serve.llm`` path.
+
+Owns :func:`build_app` (the kit's ``LLMServer`` deployment from :mod:`labkit._replica`, behind a
+gating coordinator when asked) and the ``ray.serve.llm`` bridge: :func:`build_llm_config` (the
+``LLMConfig`` fields, as plain data, after the same checks) and :func:`deploy_llm_app`.
+:mod:`labkit._replica` imports ray, starlette and vllm at module level, so it is imported only
+inside :func:`build_app`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labkit.errors import ConfigError
+from labkit.serve.config import ROUTERS, ServeConfig
+from labkit.serve.placement import PlacementPlan, plan_placement
+
+__all__ = ["build_app", "build_llm_config", "deploy_llm_app"]
+
+
+# -- building the application -----------------------------------------------------------------
+def _engine_args(config: ServeConfig, spec: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "model": spec.model,
+        "served_model_name": [config.served_model_name or spec.served_name],
+        "load_format": spec.load_format,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "pipeline_parallel_size": config.pipeline_parallel_size,
+        "disable_log_stats": False,
+        "enforce_eager": config.backend == "cpu",
+    }
+    if config.backend == "cpu":
+        args["dtype"] = "float32" if spec.load_format == "auto" and "tiny" in spec.served_name else "auto"
+    else:
+        args["gpu_memory_utilization"] = config.gpu_memory_utilization
+        if config.devices_per_replica > 1:
+            args["distributed_executor_backend"] = "ray"
+    args.update(config.engine_kwargs)
+    return args
+
+
+def _runtime_env(config: ServeConfig) -> dict[str, Any]:
+    env = {"VLLM_CONFIGURE_LOGGING": "0", "TOKENIZERS_PARALLELISM": "false"}
+    if config.backend == "cpu":
+        env.update(
+            {
+                "VLLM_CPU_KVCACHE_SPACE": f"{config.kv_cache_gib:g}",
+                "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                "OMP_NUM_THREADS": "1",
+            }
+        )
+    else:
+        env.update({"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"})
+    return {"env_vars": env}
+
+
+def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
+    """Build the Serve application (not deployed yet).
+
+    Parameters
+    ----------
+    config : ServeConfig
+        The deployment.
+    plan : PlacementPlan
+        From :func:`plan_placement`.
+    spec : labkit.models.ModelSpec
+        The resolved model.
+
+    Returns
+    -------
+    ray.serve.Application
+        The bound application: the model deployment, behind a coordinator when asked.
+    """
+    from ray import serve
+
+    from labkit import _replica
+
+    served = config.served_model_name or spec.served_name
+    settings = {
+        "served_name": served,
+        "max_model_len": config.max_model_len,
+        "engine_args": _engine_args(config, spec),
+        "limits": {
+            "max_tokens_limit": config.max_tokens_limit,
+            "max_prompt_chars": config.max_prompt_chars,
+            "max_body_bytes": config.max_body_bytes,
+        },
+        "telemetry": config.telemetry,
+    }
+    actor_options = dict(plan.ray_actor_options)
+    actor_options["runtime_env"] = _runtime_env(config)
+    options: dict[str, Any] = {
+        "name": "LLMServer",
+        "num_replicas": config.num_replicas,
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "ray_actor_options": actor_options,
+        "health_check_period_s": 5,
+        "health_check_timeout_s": 30,
+        "graceful_shutdown_timeout_s": 5,
+    }
+    if plan.bundles:
+        options["placement_group_bundles"] = plan.bundles
+        options["placement_group_strategy"] = plan.strategy
+    elif plan.max_replicas_per_node:
+        options["max_replicas_per_node"] = plan.max_replicas_per_node
+    router = ROUTERS.get(config.request_router, config.request_router)
+    if router:
+        from ray.serve.config import RequestRouterConfig
+
+        options["request_router_config"] = RequestRouterConfig(request_router_class=router.replace(":", "."))
+    llm = serve.deployment(_replica.LLMServer).options(**options).bind(settings)
+    if not config.coordinator:
+        return llm
+    coord = serve.deployment(_replica.Coordinator).options(
+        name="Coordinator",
+        num_replicas=1,
+        max_ongoing_requests=100_000,
+        ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}},
+    )
+    return coord.bind(llm, config.coordinator_max_concurrency, config.telemetry)
+
+
+def build_llm_config(config: ServeConfig, nodes: list[Any] | None = None) -> dict[str, Any]:
+    """Return the ``ray.serve.llm`` ``LLMConfig`` fields of a configuration, after the kit's checks.
+
+    The modern path on GPU clusters: ``LLMConfig(**fields)`` then
+    ``build_openai_app({"llm_configs": [llm_config]})``. Built as plain data so it can be
+    checked (and taught) on a CPU box; :func:`deploy_llm_app` deploys it where ``ray[llm]`` runs.
+
+    Parameters
+    ----------
+    config : ServeConfig
+        The deployment (GPU backend).
+    nodes : list, optional
+        Cluster nodes for the placement check; skipped when None and Ray is not connected.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of ``ray.serve.llm.LLMConfig``.
+
+    Raises
+    ------
+    ConfigError, PlacementError
+        As :func:`deploy`.
+    """
+    from labkit.models import resolve_model
+
+    config.validate()
+    if config.backend != "gpu":
+        msg = "ray.serve.llm asks for GPUs; use backend='gpu' (the CPU lab deploys with labkit.deploy)."
+        raise ConfigError(msg, field="backend", value=config.backend)
+    plan = None
+    if nodes is not None:
+        plan = plan_placement(config, nodes)
+    spec = resolve_model(config.model, served_name=config.served_model_name)
+    engine = _engine_args(config, spec)
+    engine.pop("model")
+    engine.pop("served_model_name")
+    fields: dict[str, Any] = {
+        "model_loading_config": {"model_id": config.served_model_name or spec.served_name, "model_source": spec.model},
+        "deployment_config": {"num_replicas": config.num_replicas, "max_ongoing_requests": config.max_ongoing_requests},
+        "engine_kwargs": engine,
+        "runtime_env": _runtime_env(config),
+        "log_engine_metrics": True,
+    }
+    if plan is not None and plan.bundles:
+        fields["placement_group_config"] = {"bundles": plan.bundles, "strategy": plan.strategy}
+    return fields
+
+
+def deploy_llm_app(config: ServeConfig) -> Any:
+    """Deploy a configuration through ``ray.serve.llm`` (GPU clusters with ``ray[llm]`` installed).
+
+    Parameters
+    ----------
+    config : ServeConfig
+        The deployment (GPU backend).
+
+    Returns
+    -------
+    object
+        Serve's handle of the OpenAI app.
+
+    Raises
+    ------
+    MissingDependencyError
+        If ``ray.serve.llm`` is not importable.
+    """
+    from labkit.cluster import ClusterHandle
+    from labkit.errors import MissingDependencyError
+
+    fields = build_llm_config(config, ClusterHandle(address="auto", embedded=False, config=None).nodes())
+    try:
+        from ray import serve
+        from ray.serve.llm import LLMConfig, build_openai_app
+    except ImportError as err:
+        msg = f"ray.serve.llm is not available ({err}). On a GPU machine run: pip install -r requirements/gpu.txt"
+        raise MissingDependencyError(msg) from err
+    app = build_openai_app({"llm_configs": [LLMConfig(**fields)]})
+    serve.start(proxy_location=config.proxy_location, http_options={"host": config.host, "port": config.port or 8000})
+    return serve.run(app, name=config.app_name, route_prefix="/")
