@@ -119,9 +119,11 @@ VARIANTS = {
 }
 VARIANT_SCRIPT = """
 import json, os, sys, tempfile, threading, time, uuid
-import psutil, ray
+import ray
 from ray.cluster_utils import Cluster
 extra = json.loads(sys.argv[1])
+sys.path.insert(0, sys.argv[2])  # this script's folder
+from probe_cluster import process_snapshot
 if extra.pop("_nvml_first", False):  # NVML started and shut down in this process first
     import pynvml
     pynvml.nvmlInit()
@@ -139,22 +141,7 @@ if not kit_start:
 out = {}
 def snapshot():
     time.sleep(12)
-    procs = []
-    for p in psutil.process_iter(["pid", "ppid", "name", "cmdline", "status"]):
-        cmd = p.info["cmdline"] or []
-        if root not in " ".join(cmd) and "raylet" not in (p.info["name"] or ""):
-            continue
-        item = {"pid": p.info["pid"], "ppid": p.info["ppid"], "name": p.info["name"], "status": p.info["status"],
-                "cmd": " ".join(c for c in cmd if not c.startswith("--") or "log" in c or "port" in c)[:300]}
-        try:
-            item["wchan"] = open(f"/proc/{p.pid}/wchan").read()
-            item["threads"] = p.num_threads()
-            env = open(f"/proc/{p.pid}/environ").read().split(chr(0))
-            item["cvd"] = dict(x.split("=", 1) for x in env if "=" in x).get("CUDA_VISIBLE_DEVICES")
-        except Exception as err:
-            item["err"] = repr(err)
-        procs.append(item)
-    out["processes_at_12s"] = procs
+    out["processes_at_12s"] = process_snapshot(root)
 thread = threading.Thread(target=snapshot, daemon=True)
 thread.start()
 started = time.monotonic()
@@ -180,25 +167,39 @@ if not kit_start:
 """
 
 
-def process_snapshot(marker: str) -> list[str]:
-    """Return one line per Ray process whose command line names ``marker`` (state, wait channel)."""
+def process_snapshot(marker: str) -> list[dict[str, Any]]:
+    """Return every Ray process whose command line names ``marker``: state, wait channel, threads."""
     import psutil
 
-    lines = []
+    procs = []
     for p in psutil.process_iter(["pid", "ppid", "name", "cmdline", "status"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if marker not in cmd and "raylet" not in (p.info["name"] or ""):
+        cmd = p.info["cmdline"] or []
+        if marker not in " ".join(cmd) and "raylet" not in (p.info["name"] or ""):
             continue
+        item = {
+            "pid": p.info["pid"],
+            "ppid": p.info["ppid"],
+            "name": p.info["name"],
+            "status": p.info["status"],
+            "cmd": " ".join(c for c in cmd if not c.startswith("--") or "log" in c or "port" in c)[:300],
+        }
         try:
-            wchan = Path(f"/proc/{p.pid}/wchan").read_text()
-            threads = p.num_threads()
-        except (OSError, psutil.Error):
-            wchan, threads = "?", "?"
-        short = " ".join(c for c in (p.info["cmdline"] or [])[:2])[-120:]
-        lines.append(
-            f"{p.info['pid']}<{p.info['ppid']} {p.info['name']} {p.info['status']} {wchan} t={threads} {short}"
-        )
-    return lines
+            item["wchan"] = Path(f"/proc/{p.pid}/wchan").read_text()
+            item["threads"] = p.num_threads()
+            env = Path(f"/proc/{p.pid}/environ").read_text().split(chr(0))
+            item["cvd"] = dict(x.split("=", 1) for x in env if "=" in x).get("CUDA_VISIBLE_DEVICES")
+        except (OSError, psutil.Error) as err:
+            item["err"] = repr(err)
+        procs.append(item)
+    return procs
+
+
+def _brief(proc: dict[str, Any]) -> str:
+    """One line for a process of :func:`process_snapshot`."""
+    return (
+        f"{proc['pid']}<{proc['ppid']} {proc['name']} {proc['status']} {proc.get('wchan')} "
+        f"threads={proc.get('threads')} cvd={proc.get('cvd')} {proc['cmd'][:120]}"
+    )
 
 
 def bisect(out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -210,7 +211,7 @@ def bisect(out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
         started = time.monotonic()
         try:
             done = subprocess.run(
-                [sys.executable, "-c", VARIANT_SCRIPT, json.dumps(extra)],
+                [sys.executable, "-c", VARIANT_SCRIPT, json.dumps(extra), str(Path(__file__).resolve().parent)],
                 capture_output=True,
                 text=True,
                 timeout=90,
@@ -223,10 +224,7 @@ def bisect(out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
         try:
             data = json.loads(text)
             brief = {k: v for k, v in data.items() if k != "processes_at_12s"}
-            brief["processes_at_12s"] = [
-                f"{p['name']} {p['status']} {p.get('wchan')} threads={p.get('threads')} cvd={p.get('cvd')}"
-                for p in data.get("processes_at_12s", [])
-            ]
+            brief["processes_at_12s"] = [_brief(p) for p in data.get("processes_at_12s", [])]
             text_brief = json.dumps(brief, indent=1)
         except ValueError:
             text_brief = text[-2000:]
@@ -256,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     import labkit
     from labkit.cluster import _temp_root
 
-    root = os.path.join(_temp_root(None))
+    root = _temp_root(None)
     before = set(glob.glob(os.path.join(root, "*")))
     started = time.monotonic()
     result: dict[str, Any] = {"facts": facts}
@@ -264,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def watch() -> None:
         time.sleep(15)
-        result["processes_at_15s"] = process_snapshot(root)
+        result["processes_at_15s"] = [_brief(p) for p in process_snapshot(root)]
 
     threading.Thread(target=watch, daemon=True).start()
     try:
