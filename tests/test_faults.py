@@ -65,8 +65,10 @@ def test_killed_replica_fails_in_flight_requests_clearly_and_serve_recovers(lab_
     failed = [r for r in records if r.status != "ok"]
     assert failed, "requests in flight on the killed replica must end as failures"
     assert all(r.error for r in failed), [r.to_dict() for r in failed][:3]
-    print(f"{len(failed)} of {len(records)} requests failed; e2e of the ok ones:",
-          sorted(round(r.done_s - r.sent_s, 2) for r in records if r.status == "ok")[::5])
+    print(
+        f"{len(failed)} of {len(records)} requests failed; e2e of the ok ones:",
+        sorted(round(r.done_s - r.sent_s, 2) for r in records if r.status == "ok")[::5],
+    )
     assert all(r.done_s - r.sent_s < 61 for r in records), "no request may hang past its time-out"
     assert any(r.status == "ok" and r.replica_id != victim["replica_id"] for r in records)
     # Serve brings a replacement up (a fresh vLLM engine: about a minute on 2 cores).

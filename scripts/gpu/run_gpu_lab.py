@@ -11,7 +11,12 @@ On a GPU host with N GPUs (after ``scripts/gpu/install_wheels.sh``):
 distributed door and at the lower load on a gated door, histograms, diagnosis, NVML telemetry, and
 the verification log (``labkit.checkpoint``). ``--phase vllm``: vLLM's own OpenAI server on the same
 GPUs, model and engine settings, driven by the same load generator. ``--phase both`` runs both and
-writes ``compare.json`` (deploy time, tokens/s, TTFT and end-to-end p50/p95/p99, kit / vLLM ratios).
+adds ``compare`` to ``result.json``: deploy time, tokens/s, TTFT and end-to-end p50/p95/p99 at each
+offered load, kit / vLLM ratios. The two phases may also run as two commands with the same ``--out``
+and parameters (a host that limits one command to 10 minutes): the second compares with the first.
+
+With no ``nvidia-smi`` (``--gpus 0 --model tiny --tp 1 --pp 1``), ``--phase vllm`` runs on the CPU
+build: the script's own smoke test (``tests/test_gpu_script.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +44,8 @@ def _log(msg: str) -> None:
 def _gpu_memory() -> list[dict[str, Any]]:
     """Return used / total memory and utilization of every GPU (``nvidia-smi``)."""
     query = "index,name,memory.used,memory.total,utilization.gpu"
+    if shutil.which("nvidia-smi") is None:
+        return []  # a CPU host (the script's own smoke test): no GPU to report
     done = subprocess.run(
         ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
         capture_output=True,
@@ -242,13 +251,19 @@ def _bundle_nodes(cluster: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def run_vllm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Start vLLM's own OpenAI server on the same GPUs and model; drive it with the kit's load generator."""
     import labkit
     from labkit.models import resolve_model
 
     spec = resolve_model(args.model)
-    port = 8100
+    port = _free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -340,8 +355,44 @@ def compare(kit: dict[str, Any], vllm: dict[str, Any], rates: list[float]) -> di
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the phases, write ``result.json`` (and ``compare.json``) under ``--out``."""
+_SAME_CONFIGURATION = (
+    "gpus",
+    "model",
+    "tp",
+    "pp",
+    "rates",
+    "duration_s",
+    "max_tokens",
+    "prompt_tokens",
+    "max_model_len",
+)
+
+
+def _earlier_phases(result_path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Return the other phase's result from an earlier run into the same ``--out``, if it matches.
+
+    The kit phase and vLLM alone may run as two commands (each under a host's per-command limit);
+    the second one then finds the first's ``result.json`` and writes the comparison. A result made
+    with other parameters is not compared: that would not be the same GPUs, model and load.
+    """
+    if args.phase == "both" or not result_path.exists():
+        return {}
+    earlier = json.loads(result_path.read_text())
+    other = "vllm" if args.phase == "kit" else "kit"
+    if other not in earlier:
+        return {}
+    before = earlier.get("args", {})
+    now = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    differ = [k for k in _SAME_CONFIGURATION if before.get(k) != now.get(k)]
+    if differ:
+        _log(f"not comparing with the earlier {other} phase in {result_path}: {differ} differ")
+        return {}
+    _log(f"found the earlier {other} phase in {result_path}: its numbers are compared with this one's")
+    return {other: earlier[other], f"{other}_args": before}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Return the script's parameters (defaults: 2 GPUs, dummy Llama-2-7B, PP 2)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--model", default="dummy:llama-2-7b")
@@ -359,23 +410,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--enforce-eager", type=int, default=1)
     parser.add_argument("--phase", choices=["kit", "vllm", "both"], default="both")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the phases, write ``result.json`` under ``--out``."""
+    args = parse_args(argv)
     os.environ.update(NO_MULTICAST)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "figures").mkdir(exist_ok=True)
-    result: dict[str, Any] = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "gpus_before": _gpu_memory(),
-    }
+    result_path = args.out / "result.json"
+    result: dict[str, Any] = _earlier_phases(result_path, args)
+    result["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result["gpus_before"] = _gpu_memory()
     if args.phase in ("kit", "both"):
         result["kit"] = run_kit(args, args.out)
-        (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        result_path.write_text(json.dumps(result, indent=2, default=str))
     if args.phase in ("vllm", "both"):
         result["vllm"] = run_vllm(args, args.out)
     if "kit" in result and "vllm" in result:
         result["compare"] = compare(result["kit"], result["vllm"], list(args.rates))
         _log("kit / vLLM alone:\n" + json.dumps(result["compare"], indent=1))
-    (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    result_path.write_text(json.dumps(result, indent=2, default=str))
     return 0
 
 
