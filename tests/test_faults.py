@@ -26,13 +26,14 @@ def _replica_serving(path, deadline):
     from labkit.load import read_records
 
     while time.monotonic() < deadline:
-        running = {r["replica_id"]: r for r in _running_replicas()}
         answered = [r.replica_id for r in read_records(path) if r.status == "ok"] if path.exists() else []
-        for replica_id in reversed(answered):
-            if replica_id in running:
-                return running[replica_id]
+        if answered:  # ask Serve for its replicas only once there is an answer to match
+            running = {r["replica_id"]: r for r in _running_replicas()}
+            for replica_id in reversed(answered):
+                if replica_id in running:
+                    return running[replica_id]
         time.sleep(0.1)
-    pytest.fail(f"no replica answered a request within 30 s of the load start; running: {list(running)}")
+    pytest.fail(f"no replica answered a request within 30 s of the load start; running: {_running_replicas()}")
 
 
 def test_killed_replica_fails_in_flight_requests_clearly_and_serve_recovers(lab_deployment, tmp_path):

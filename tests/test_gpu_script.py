@@ -52,7 +52,7 @@ def _args(out: Path, **changes):
 
 def _earlier_kit_phase(script, out: Path, argv: list[str]) -> None:
     """What a kit phase run into the same ``--out`` leaves behind (its numbers are made up here)."""
-    args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(script.parse_args(argv)).items()}
+    args = script.args_dict(script.parse_args(argv))
     kit_rows = {f"distributed-{r:g}rps": _row(0.05, 50.0) for r in RATES}
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps({"args": {**args, "phase": "kit"}, "kit": {"rows": kit_rows}}))

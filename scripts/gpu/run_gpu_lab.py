@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -251,16 +250,11 @@ def _bundle_nodes(cluster: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_vllm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Start vLLM's own OpenAI server on the same GPUs and model; drive it with the kit's load generator."""
     import labkit
     from labkit.models import resolve_model
+    from labkit.serve.deployment import _free_port
 
     spec = resolve_model(args.model)
     port = _free_port()
@@ -355,6 +349,11 @@ def compare(kit: dict[str, Any], vllm: dict[str, Any], rates: list[float]) -> di
     return table
 
 
+def args_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters as ``result.json`` keeps them (paths as text)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 _SAME_CONFIGURATION = (
     "gpus",
     "model",
@@ -382,7 +381,7 @@ def _earlier_phases(result_path: Path, args: argparse.Namespace) -> dict[str, An
     if other not in earlier:
         return {}
     before = earlier.get("args", {})
-    now = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    now = args_dict(args)
     differ = [k for k in _SAME_CONFIGURATION if before.get(k) != now.get(k)]
     if differ:
         _log(f"not comparing with the earlier {other} phase in {result_path}: {differ} differ")
@@ -421,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "figures").mkdir(exist_ok=True)
     result_path = args.out / "result.json"
     result: dict[str, Any] = _earlier_phases(result_path, args)
-    result["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result["args"] = args_dict(args)
     result["gpus_before"] = _gpu_memory()
     if args.phase in ("kit", "both"):
         result["kit"] = run_kit(args, args.out)
