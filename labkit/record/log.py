@@ -1,6 +1,7 @@
 """The verification log on disk: :class:`VerificationLog`, its runs folder and :func:`checkpoint`.
 
-Owns: where logs go (:func:`default_runs_dir`), the atomic write and the checked read of a log
+Owns: where logs go (:func:`default_runs_dir`), who wrote them (:func:`resolve_learner_id`, the id
+remembered in a runs folder, :func:`find_own_logs`), the atomic write and the checked read of a log
 (:meth:`VerificationLog.save`, :meth:`VerificationLog.load`), its notebook display, and
 :func:`checkpoint`, the one call a notebook makes to record and write its log.
 """
@@ -30,10 +31,17 @@ from labkit.record.schema import (
 )
 
 __all__ = [
+    "ANONYMOUS",
     "VerificationLog",
     "checkpoint",
     "default_runs_dir",
+    "find_own_logs",
+    "remember_learner_id",
+    "resolve_learner_id",
 ]
+
+ANONYMOUS = "anonymous"  # the id of a log whose learner set none (the grader flags it)
+LEARNER_ID_FILE = ".learner_id"  # in a runs folder: the id a notebook was given, for the next ones
 
 
 def _slug(text: str) -> str:
@@ -55,6 +63,113 @@ def default_runs_dir() -> Path:
     if (root / "verification").is_dir():
         return root / "verification" / "runs"
     return Path.cwd() / "verification" / "runs"
+
+
+def _given(value: Any) -> str | None:
+    """Return a learner id that was really given: not None, blank or the placeholder."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value if value and value != ANONYMOUS else None
+
+
+def _remembered(folder: Path) -> str | None:
+    try:
+        text = (folder / LEARNER_ID_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return _given(text[:200])
+
+
+def resolve_learner_id(learner_id: str | None = None, runs_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return who a log belongs to: the id given, else the one set once for every notebook.
+
+    In order: ``learner_id`` when it is a non-empty string other than ``"anonymous"``; else
+    ``$LABKIT_LEARNER_ID``; else the id remembered in ``runs_dir`` or in :func:`default_runs_dir`
+    (a notebook given an id writes it there, see :func:`checkpoint`); else ``"anonymous"``.
+
+    Parameters
+    ----------
+    learner_id : str, optional
+        What the notebook's ``learner_id`` parameter holds (None, ``""`` and ``"anonymous"`` mean unset).
+    runs_dir : str or path, optional
+        The folder the log goes to.
+
+    Returns
+    -------
+    str
+        The learner id.
+    """
+    found = _given(learner_id) or _given(os.environ.get("LABKIT_LEARNER_ID"))
+    if found:
+        return found
+    folders = [Path(runs_dir).expanduser()] if runs_dir is not None else []
+    for folder in [*folders, default_runs_dir()]:
+        found = _remembered(folder)
+        if found:
+            return found
+    return ANONYMOUS
+
+
+def remember_learner_id(learner_id: str, runs_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Write ``learner_id`` into the runs folder, where the next notebooks find it.
+
+    Parameters
+    ----------
+    learner_id : str
+        The id (None, blank and ``"anonymous"`` are not remembered).
+    runs_dir : str or path, optional
+        The runs folder; :func:`default_runs_dir` when omitted.
+
+    Returns
+    -------
+    Path or None
+        The file written, or None when there was nothing to remember or the folder is not writable.
+    """
+    given = _given(learner_id)
+    folder = Path(runs_dir).expanduser() if runs_dir is not None else default_runs_dir()
+    if given is None or _remembered(folder) == given:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / LEARNER_ID_FILE).write_text(given + "\n", encoding="utf-8")
+    except OSError:
+        return None  # the log itself reports an unwritable folder
+    return folder / LEARNER_ID_FILE
+
+
+def find_own_logs(learner_id: str | None = None, runs_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Return the verification logs under ``runs_dir`` that belong to the learner, oldest first.
+
+    Files are only read as size-limited JSON (nothing in them is executed); those that are not
+    logs, or belong to someone else, are left out.
+
+    Parameters
+    ----------
+    learner_id : str, optional
+        Whose logs; resolved by :func:`resolve_learner_id`.
+    runs_dir : str or path, optional
+        The folder searched recursively; :func:`default_runs_dir` when omitted.
+
+    Returns
+    -------
+    list of Path
+        The learner's log files.
+    """
+    folder = Path(runs_dir).expanduser() if runs_dir is not None else default_runs_dir()
+    me = resolve_learner_id(learner_id, folder)
+    found = []
+    for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
+        try:
+            if path.name.startswith(".") or path.stat().st_size > MAX_LOG_BYTES:
+                continue
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and "integrity" in data and data.get("learner_id") == me:
+            timing = data.get("timing") if isinstance(data.get("timing"), dict) else {}
+            found.append((str(timing.get("finished_at", "")), path))
+    return [path for _, path in sorted(found)]
 
 
 class VerificationLog:
@@ -248,7 +363,10 @@ def checkpoint(
     parameters : mapping, optional
         The run's knobs (the notebook's parameters cell). Secrets are redacted.
     learner_id : str, optional
-        Who ran it; ``$LABKIT_LEARNER_ID`` or ``"anonymous"`` when omitted.
+        Who ran it. None, ``""`` or ``"anonymous"``: ``$LABKIT_LEARNER_ID``, else the id a notebook
+        was given before in this runs folder (or :func:`default_runs_dir`), else ``"anonymous"``
+        (see :func:`resolve_learner_id`). An id given here is remembered in the runs folder for
+        the notebooks that follow.
     cluster : object, dict or None, optional
         See :func:`describe_cluster`.
     model : str or path, optional
@@ -283,7 +401,7 @@ def checkpoint(
         outputs=outputs,
         constraints=constraints,
         parameters=parameters,
-        learner_id=learner_id,
+        learner_id=resolve_learner_id(learner_id, runs_dir),
         cluster=cluster,
         model=model,
         records=records,
@@ -292,4 +410,6 @@ def checkpoint(
     )
     log = VerificationLog(data)
     log.save(runs_dir)
+    if _given(learner_id):
+        remember_learner_id(data["learner_id"], runs_dir)
     return log
