@@ -32,6 +32,10 @@ class ClusterConfig:
         Logical CPUs of the head node (Serve's controller and proxies take none).
     gpus_per_node : int or tuple of int
         GPUs per *worker* node, one number for all or one per worker; the head has none.
+    cpu_devices_per_node : int
+        CPU *device slots* each worker offers to the ranks of a replica split with TP x PP on the
+        CPU backend (the custom resource ``labkit_cpu_device``; one rank takes one slot, as one
+        GPU rank takes one GPU). 2 lets TP 2 stay inside a node.
     gpu_mode : str
         ``"logical"``: counted by Ray only; ``"physical"``: each worker gets real devices through
         ``CUDA_VISIBLE_DEVICES`` (needs that many GPUs on the host).
@@ -51,6 +55,7 @@ class ClusterConfig:
     cpus_per_node: float = 2.0
     head_cpus: float = 1.0
     gpus_per_node: int | tuple[int, ...] = 0
+    cpu_devices_per_node: int = 2
     gpu_mode: str = "logical"
     object_store_mb_per_node: int = 256
     memory_gb_per_node: float | None = None
@@ -79,6 +84,12 @@ class ClusterConfig:
                 "cpus_per_node must be > 0 and head_cpus >= 0."
             )
             raise ConfigError(msg, field="cpus_per_node", value=self.cpus_per_node)
+        if not isinstance(self.cpu_devices_per_node, int) or self.cpu_devices_per_node < 0:
+            msg = (
+                f"cpu_devices_per_node={self.cpu_devices_per_node!r} must be a whole number >= 0 "
+                "(2 lets a CPU replica keep TP 2 inside a node)."
+            )
+            raise ConfigError(msg, field="cpu_devices_per_node", value=self.cpu_devices_per_node)
         if self.gpu_mode not in ("logical", "physical"):
             msg = f"gpu_mode={self.gpu_mode!r} is unknown. Available: ['logical', 'physical']"
             raise ConfigError(msg, field="gpu_mode", value=self.gpu_mode)

@@ -16,6 +16,7 @@ from labkit.cluster.config import _GIB, NODE_LABEL, ClusterConfig
 from labkit.cluster.handle import _ACTIVE, ClusterHandle, _redact_address
 from labkit.cluster.processes import _temp_root, _wait_for_no_processes, find_ray_processes
 from labkit.errors import ClusterError, ConfigError
+from labkit.serve.cpu_ray import DEVICE_RESOURCE, worker_host_ip
 
 __all__ = ["connect_cluster", "register_cli", "start_cluster"]
 
@@ -100,15 +101,23 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 "num_cpus": _whole(config.cpus_per_node),
                 "num_gpus": gpus,
                 "object_store_memory": config.object_store_mb_per_node * 1024**2,
-                "resources": {f"labkit_node_worker-{i}": 1.0, "labkit_worker": 1.0},
+                "resources": {
+                    f"labkit_node_worker-{i}": 1.0,
+                    "labkit_worker": 1.0,
+                    **({DEVICE_RESOURCE: float(config.cpu_devices_per_node)} if config.cpu_devices_per_node else {}),
+                },
                 "labels": {NODE_LABEL: f"worker-{i}"},
+                # vLLM checks that the ranks of one replica on different nodes have different IP
+                # addresses; the nodes of the embedded cluster share a host, so each worker gets its own
+                # loopback address (labkit/serve/cpu_ray.py).
+                "env_vars": {"VLLM_HOST_IP": worker_host_ip(i)},
             }
             if config.memory_gb_per_node:
                 args["memory"] = int(config.memory_gb_per_node * _GIB)
             if config.gpu_mode == "physical" and gpus:
                 devices = ",".join(str(d) for d in range(physical_next, physical_next + gpus))
                 physical_next += gpus
-                args["env_vars"] = {"CUDA_VISIBLE_DEVICES": devices}
+                args["env_vars"]["CUDA_VISIBLE_DEVICES"] = devices
             _add_worker(cluster, args, f"worker-{i}", slow_nodes)
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
         handle = ClusterHandle(
