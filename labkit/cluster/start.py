@@ -15,8 +15,8 @@ from typing import Any
 from labkit.cluster.config import _GIB, NODE_LABEL, ClusterConfig
 from labkit.cluster.handle import _ACTIVE, ClusterHandle, _redact_address
 from labkit.cluster.processes import _temp_root, _wait_for_no_processes, find_ray_processes
+from labkit.contracts import CPU_DEVICE_RESOURCE, worker_host_ip
 from labkit.errors import ClusterError, ConfigError
-from labkit.serve.cpu_ray import DEVICE_RESOURCE, worker_host_ip
 
 __all__ = ["connect_cluster", "register_cli", "start_cluster"]
 
@@ -104,7 +104,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 "resources": {
                     f"labkit_node_worker-{i}": 1.0,
                     "labkit_worker": 1.0,
-                    **({DEVICE_RESOURCE: float(config.cpu_devices_per_node)} if config.cpu_devices_per_node else {}),
+                    **({CPU_DEVICE_RESOURCE: float(config.cpu_devices_per_node)} if config.cpu_devices_per_node else {}),
                 },
                 "labels": {NODE_LABEL: f"worker-{i}"},
                 # vLLM checks that the ranks of one replica on different nodes have different IP

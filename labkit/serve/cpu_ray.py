@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEVICE_RESOURCE", "ENABLE_ENV", "CpuRayPlatform", "enabled", "platform_plugin", "worker_host_ip"]
+from labkit.contracts import CPU_DEVICE_RESOURCE as DEVICE_RESOURCE
+from labkit.contracts import CPU_RAY_ENV as ENABLE_ENV
 
-#: The custom resource a CPU "device slot" is: one per TP x PP rank of a replica.
-DEVICE_RESOURCE = "labkit_cpu_device"
-#: Set (to ``1``) in a replica's runtime env to run its vLLM ranks as Ray actors on CPUs.
-ENABLE_ENV = "LABKIT_VLLM_CPU_RAY"
+__all__ = ["DEVICE_RESOURCE", "ENABLE_ENV", "CpuRayPlatform", "enabled", "platform_plugin"]
 
 
 def enabled() -> bool:
@@ -38,24 +36,8 @@ def enabled() -> bool:
     return os.environ.get(ENABLE_ENV, "") not in ("", "0")
 
 
-def worker_host_ip(index: int) -> str:
-    """Return the loopback address the embedded cluster's worker ``index`` (1-based) uses for vLLM.
-
-    Parameters
-    ----------
-    index : int
-        Worker number (``worker-1`` is 1).
-
-    Returns
-    -------
-    str
-        ``127.0.0.<index + 1>`` (the head keeps the host's address).
-    """
-    return f"127.0.0.{index + 1}"
-
-
 def platform_plugin() -> str | None:
-    """vLLM platform plugin: the CPU platform with a Ray device resource, where the kit asked for it.
+    """VLLM platform plugin: the CPU platform with a Ray device resource, where the kit asked for it.
 
     Returns
     -------
