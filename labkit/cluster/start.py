@@ -104,7 +104,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 "resources": {
                     f"labkit_node_worker-{i}": 1.0,
                     "labkit_worker": 1.0,
-                    **({CPU_DEVICE_RESOURCE: float(config.cpu_devices_per_node)} if config.cpu_devices_per_node else {}),
+                    **({CPU_DEVICE_RESOURCE: float(slots)} if (slots := config.cpu_devices_per_node) else {}),
                 },
                 "labels": {NODE_LABEL: f"worker-{i}"},
                 # vLLM checks that the ranks of one replica on different nodes have different IP

@@ -28,7 +28,7 @@ import os
 from labkit.contracts import CPU_DEVICE_RESOURCE as DEVICE_RESOURCE
 from labkit.contracts import CPU_RAY_ENV as ENABLE_ENV
 
-__all__ = ["DEVICE_RESOURCE", "ENABLE_ENV", "CpuRayPlatform", "enabled", "platform_plugin"]
+__all__ = ["DEVICE_RESOURCE", "ENABLE_ENV", "enabled", "platform_plugin"]  # and CpuRayPlatform, built on access
 
 
 def enabled() -> bool:
