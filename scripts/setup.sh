@@ -49,7 +49,12 @@ if ! "$py" -c 'import torch, sys; sys.exit(0 if torch.__version__ == "2.13.0+cpu
 fi
 "$py" -m pip install -q --no-deps -r "$lock" 2>&1 | grep -v "^WARNING: Location" || true
 "$py" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-"$py" -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+# setuptools prints an informational banner for every editable install: show its output only on failure.
+if ! kit_out=$("$py" -m pip install -q --no-deps -e . 2>&1); then
+  echo "$kit_out" | grep -v "^WARNING: Location" >&2
+  echo "labkit setup: installing the kit itself (pip install -e .) failed; the lines above say why." >&2
+  exit 1
+fi
 # Fail loudly if the stack does not import.
 "$py" - <<'PY'
 import importlib, sys
