@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,7 @@ def run_lab(
     kernel_name: str | None = None,
     timeout_s: float = 1800.0,
     stop_on_failure: bool = False,
+    progress: Callable[[str], Any] | None = None,
 ) -> LabRun:
     """Execute the chapter notebooks with papermill.
 
@@ -103,6 +107,8 @@ def run_lab(
         Per-cell execution time-out.
     stop_on_failure : bool
         Skip the remaining notebooks after a failure.
+    progress : callable, optional
+        Called with one line when a notebook starts and one when it ends (``print`` in ``labkit run``).
 
     Returns
     -------
@@ -112,7 +118,7 @@ def run_lab(
     Raises
     ------
     ConfigError
-        If a notebook name is unknown.
+        If a notebook name is unknown, or a parameter is one that none of the notebooks has.
     """
     import papermill  # heavy; only for runs
 
@@ -124,18 +130,25 @@ def run_lab(
     if unknown:
         msg = f"Unknown notebook(s) {unknown}. Available: {sorted(p.name for p in source.glob('*.ipynb'))}"
         raise ConfigError(msg, field="notebooks", value=unknown)
+    declared = {name: set(papermill.inspect_notebook(str(source / name))) for name in names}
+    _check_parameters(parameters or {}, per_notebook or {}, declared)
     out = run_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = LabRun(out_dir=out)
     failed = False
-    for name in names:
+    say = progress or (lambda _line: None)
+    for number, name in enumerate(names, start=1):
         if failed and stop_on_failure:
             run.results.append({"notebook": name, "status": "skipped", "seconds": 0.0})
+            say(f"[{number}/{len(names)}] {name}: skipped (an earlier notebook failed)")
             continue
         params = {**(parameters or {}), **((per_notebook or {}).get(name, {})), "output_dir": str(out)}
+        params = {k: v for k, v in params.items() if k in declared[name]}  # papermill warns about the others
         started = time.monotonic()
         before = list_session_dirs()
         entry: dict[str, Any] = {"notebook": name}
+        say(f"[{number}/{len(names)}] {name}: started at {dt.datetime.now().strftime('%H:%M:%S')}")
+        sockets = tempfile.mkdtemp(prefix="labkit-kernel-")
         try:
             papermill.execute_notebook(
                 str(source / name),
@@ -146,6 +159,7 @@ def run_lab(
                 progress_bar=False,
                 execution_timeout=timeout_s,
                 report_mode=False,
+                config=_kernel_config(sockets),
             )
             entry["status"] = "ok"
         except papermill.PapermillExecutionError as err:
@@ -158,9 +172,36 @@ def run_lab(
             entry["seconds"] = round(time.monotonic() - started, 1)
             # Only clusters this notebook started: never another one running on the machine.
             entry["leftover_ray_processes_killed"] = sum(kill_leftovers(d) for d in list_session_dirs() - before)
+            shutil.rmtree(sockets, ignore_errors=True)
         run.results.append(entry)
+        outcome = "done" if entry["status"] == "ok" else f"FAILED ({entry['error']})"
+        say(f"[{number}/{len(names)}] {name}: {outcome} in {_duration(entry['seconds'])}")
     (out / "run.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n")
     return run
+
+
+def _check_parameters(
+    parameters: Mapping[str, Any], per_notebook: Mapping[str, Mapping[str, Any]], declared: Mapping[str, set[str]]
+) -> None:
+    known = set().union(*declared.values()) if declared else set()
+    unknown = sorted(set(parameters) - known)
+    for name, overrides in per_notebook.items():
+        if name in declared:  # overrides of notebooks outside this run are not used
+            unknown += [f"{name}:{key}" for key in sorted(set(overrides) - declared[name])]
+    if unknown:
+        msg = f"Unknown notebook parameter(s) {unknown}: no notebook of this run has them. Known: {sorted(known)}"
+        raise ConfigError(msg, field="parameters", value=unknown)
+
+
+def _kernel_config(sockets: str) -> Any:
+    """Kernel over local IPC sockets in ``sockets`` (a private folder), not unencrypted TCP ports."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
 def register_cli(subparsers: Any) -> None:
@@ -211,6 +252,7 @@ def _cli_run(args: Any) -> int:
             notebooks=args.notebooks,
             parameters=_parse_parameters(args.parameter),
             stop_on_failure=args.stop_on_failure,
+            progress=lambda line: print(line, flush=True),
         )
     except LabkitError:
         raise
