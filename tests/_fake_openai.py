@@ -6,7 +6,9 @@ client benchmark, and its delays are exactly what the test asks for:
 - ``ttft_s`` before the first token, ``itl_s`` between tokens; with both 0 the whole response
   is written at once (the "no-op" server of the fidelity benchmark);
 - ``stall_after_requests`` / ``stall_s``: when request number k arrives, every response stops
-  emitting for ``stall_s`` seconds (a server-wide stall at a known moment);
+  emitting for ``stall_s`` seconds (a server-wide stall at a known moment); with
+  ``stall_until_request`` = m the stall lasts instead until request number m arrives (it ends
+  only if the client keeps sending while no response comes back);
 - ``fail_every``: every k-th generation request answers HTTP 500;
 - ``tokens_per_chunk`` > 1: several tokens per stream event (usage still counts tokens);
 - attribution (node, replica, timings) in response headers and/or the final stream event.
@@ -66,6 +68,9 @@ class FakeOpenAIServer:
     stall_after_requests, stall_s : int or None, float
         When generation request number ``stall_after_requests`` (1-based) arrives, hold every
         token write until ``stall_s`` seconds later.
+    stall_until_request : int or None
+        End the stall when generation request number ``stall_until_request`` arrives instead of
+        after ``stall_s`` (that request and every later one are answered at once).
     fail_every : int
         Every k-th generation request gets HTTP 500 (0: never).
     node_id, replica_id, timings : str, str, dict
@@ -73,8 +78,10 @@ class FakeOpenAIServer:
     event_attribution : dict, optional
         A different ``labkit`` object for the final event (to test that it wins over headers).
     timings_of_writes : bool
-        Add ``fake_first_write_pc`` / ``fake_last_write_pc`` (``time.perf_counter()`` when the
-        first and last token were written) to the final event's timings.
+        Add ``fake_arrival_pc`` / ``fake_first_write_pc`` / ``fake_last_write_pc``
+        (``time.perf_counter()`` when the request arrived and when the first and last token were
+        written) to the final event's timings. On Linux ``perf_counter`` is CLOCK_MONOTONIC, one
+        clock for every process of the machine.
     spaced_json : bool
         Use ``json.dumps`` default separators (``", "``, ``": "``) instead of compact JSON.
     crlf_events : bool
@@ -91,6 +98,7 @@ class FakeOpenAIServer:
         usage: bool = True,
         stall_after_requests: int | None = None,
         stall_s: float = 0.0,
+        stall_until_request: int | None = None,
         fail_every: int = 0,
         node_id: str | None = None,
         replica_id: str | None = None,
@@ -111,6 +119,7 @@ class FakeOpenAIServer:
         self.usage = usage
         self.stall_after_requests = stall_after_requests
         self.stall_s = stall_s
+        self.stall_until_request = stall_until_request
         self.fail_every = fail_every
         self.node_id = node_id
         self.replica_id = replica_id
@@ -128,6 +137,7 @@ class FakeOpenAIServer:
         self.sent_at: list[float] = []  # x-labkit-sent-at values, in arrival order
         self.arrivals: list[float] = []  # time.perf_counter() at arrival of each request
         self.stall_started: float | None = None  # perf_counter when the stall began
+        self.stall_ended: float | None = None  # perf_counter when it ended (no token written before)
         self._stall_until = 0.0
         self._cache: dict[tuple, bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -181,7 +191,9 @@ class FakeOpenAIServer:
 
         self._thread = threading.Thread(target=_main, name="fake-openai", daemon=True)
         self._thread.start()
-        ready.wait(10)
+        if not ready.wait(120):  # a hang guard: listening takes milliseconds
+            msg = "the fake server did not start listening within 120 s"
+            raise RuntimeError(msg)
         if errors:
             raise errors[0]
         return self
@@ -325,7 +337,12 @@ class FakeOpenAIServer:
             self.sent_at.append(float(sent_at))
         if self.stall_after_requests is not None and self.requests == self.stall_after_requests:
             self.stall_started = now
-            self._stall_until = now + self.stall_s
+            if self.stall_until_request is None:
+                self._stall_until = self.stall_ended = now + self.stall_s
+            else:
+                self._stall_until = float("inf")
+        if self.stall_until_request is not None and self.requests == self.stall_until_request:
+            self._stall_until = self.stall_ended = now
         try:
             req = json.loads(body)
         except ValueError:
@@ -355,7 +372,7 @@ class FakeOpenAIServer:
             left = self._stall_until - time.perf_counter()
             if left <= 0:
                 return
-            await asyncio.sleep(left)
+            await asyncio.sleep(min(left, 0.005))  # a stall ended by a request ends early
 
     async def _slow(self, tr: asyncio.Transport, chat: bool, stream: bool, include_usage: bool,
                     n_prompt: int, n_out: int, t_arrival: float) -> None:
@@ -373,7 +390,7 @@ class FakeOpenAIServer:
         head = self._head(200, "text/event-stream; charset=utf-8", True)
         if chat:  # role chunk goes with the first content chunk
             events = [events[0] + events[1], *events[2:]] if len(events) > 1 else events
-        writes = {}
+        writes = {"fake_arrival_pc": t_arrival}
         for k, event in enumerate(events):
             if k > 0 and self.itl_s > 0:
                 await asyncio.sleep(self.itl_s)
@@ -438,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--itl-ms", type=float, default=0.0)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     parser.add_argument("--uvloop", action="store_true", help="use uvloop when installed")
+    parser.add_argument("--timings-of-writes", action="store_true",
+                        help="report when each request arrived and its first and last token were written")
     parser.add_argument("--short-slice", action="store_true",
                         help="ask the kernel for a 0.2 ms scheduler slice (answer promptly on a busy machine)")
     args = parser.parse_args(argv)
@@ -453,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     server = FakeOpenAIServer(output_tokens=args.output_tokens or None, ttft_s=args.ttft_ms / 1e3,
-                              itl_s=args.itl_ms / 1e3)
+                              itl_s=args.itl_ms / 1e3, timings_of_writes=args.timings_of_writes)
 
     async def _serve() -> None:
         await server.start_async()

@@ -1,10 +1,11 @@
 """Tests of labkit.load against a fake OpenAI-compatible server with known delays.
 
-Timing tolerances are set for a noisy 2-core machine shared with other work: the fake server
-runs in a thread of the test process (same clock, same GIL) and delays are tens of
-milliseconds. Exact checks (lower bounds, orderings, counts) hold on every run; upper bounds
-on delays, which other work on the machine can only push up, must hold in one of 3 attempts
-(``_best_of``).
+Every assertion here holds on any machine, idle or loaded: no upper bound on a delay, a rate or
+a loop count. The checks are exact: counts, orderings, "never early" lower bounds (the fake
+server runs in this process and stamps what it did with the same clock), and states the client
+can only reach by the behaviour under test (a stall that ends only if the client keeps sending).
+How close the client's timestamps come to the server's, and how small its schedule lag is, are
+measured in ``benchmarks/bench_load_timing.py``.
 """
 
 from __future__ import annotations
@@ -276,137 +277,77 @@ def test_error_event_in_stream():
 
 
 # --------------------------------------------------------------------------- against the fake server
-def _oversleep_s(samples: int = 25, sleep_s: float = 0.002) -> float:
-    """p90 of how late a 2 ms sleep wakes up right now: what other work adds to any timing."""
-    late = []
-    for _ in range(samples):
-        t = time.perf_counter()
-        time.sleep(sleep_s)
-        late.append(time.perf_counter() - t - sleep_s)
-    return sorted(late)[int(0.9 * (samples - 1))]
-
-
-class _Noisy:
-    """Collects the noise-sensitive checks of one attempt (plain asserts stay exact checks).
-
-    Each check is ``fn(slack_s) -> bool``; ``slack_s`` is twice the machine's measured
-    oversleep around the attempt (near zero on a quiet machine).
-    """
-
-    def __init__(self) -> None:
-        self.checks: list[tuple[object, str]] = []
-
-    def check(self, fn, what: str) -> None:
-        self.checks.append((fn, what))
-
-    def failed(self, slack_s: float) -> list[str]:
-        return [what for fn, what in self.checks if not fn(slack_s)]
-
-
-def _best_of(attempts: int, measure) -> None:
-    """Run ``measure(noisy)`` until its noise-sensitive checks all hold.
-
-    Exact checks (plain asserts: lower bounds, orderings, counts) must hold in every attempt.
-    Upper bounds on delays are noise-sensitive: other work on this machine only ever adds
-    delay, so they get a slack measured around the attempt and must hold in one attempt out of
-    ``attempts``.
-    """
-    failures = []
-    for _ in range(attempts):
-        before = _oversleep_s()
-        noisy = _Noisy()
-        measure(noisy)
-        slack = 2 * max(before, _oversleep_s())
-        failed = noisy.failed(slack)
-        if not failed:
-            return
-        failures.append({"slack_s": slack, "failed": failed})
-    pytest.fail(f"noise-sensitive checks failed in all {attempts} attempts: {failures}")
-
-
 @pytest.mark.parametrize("api", ["completions", "chat"])
-def test_ttft_and_every_gap_match_the_servers_delays(api):
-    """Stated tolerances.
-
-    Against what the server did (it runs in this process and reports, on the same clock,
-    when it wrote the first and last token): the client's first and last token times are
-    never earlier (exact), at most 2 ms later in the median and at most 10 ms later for 90% of
-    requests. Against the configured delays X = 50 ms, Y = 20 ms: every TTFT >= X (exact);
-    median TTFT in [X, X + 25 ms]; median gap in [Y - 3 ms, Y + 10 ms] (asyncio sleeps wake
-    ~1 ms late). Upper bounds must hold in one of 3 attempts (see _best_of).
-    """
+def test_token_times_are_never_before_the_server_wrote_them(api):
+    """The server runs in this process and reports, on the same clock, when each request arrived
+    and when it wrote the first and the last token. Exact: every request answered, one gap per
+    pair of tokens, every client timestamp at or after the server's matching write, TTFT >= X
+    (the server sleeps X after the request arrives), e2e >= X + (n - 1) Y. How close the
+    client's times come to the server's is measured in benchmarks/bench_load_timing.py."""
     ttft, itl, tokens, n = 0.050, 0.020, 6, 20
-
-    def measure(noisy: _Noisy) -> None:
-        with FakeOpenAIServer(ttft_s=ttft, itl_s=itl, output_tokens=tokens, timings_of_writes=True) as server:
-            res = run_load(_cfg(server.url, api=api, rate_rps=40, num_requests=n), progress=False)
-        assert [r.status for r in res.records] == ["ok"] * n
-        assert all(len(r.itl_s) == tokens - 1 for r in res.records)  # every gap a sample
-        assert all(r.output_tokens == tokens and r.token_source == "usage" for r in res.records)
-        first_delay = [r.first_token_s - r.server["fake_first_write_pc"] for r in res.records]
-        last_delay = [r.last_token_s - r.server["fake_last_write_pc"] for r in res.records]
-        ttfts = [r.ttft_uncorrected_s for r in res.records]
-        gaps = [g for r in res.records for g in r.itl_s]
-        assert min(first_delay) >= 0 and min(last_delay) >= 0
-        assert min(ttfts) >= ttft - 0.0005  # the server sleeps at least X after the request arrives
-        for r in res.records:
-            assert r.tpot_s == pytest.approx((r.last_token_s - r.first_token_s) / (tokens - 1))
-            assert r.e2e_uncorrected_s >= ttft + (tokens - 1) * itl - 0.001
-        for name, delays in (("first", first_delay), ("last", last_delay)):
-            med, p90 = statistics.median(delays), sorted(delays)[int(0.9 * (n - 1))]
-            noisy.check(lambda slack, med=med: med <= 0.002 + slack, f"median {name}-token delay {med}")
-            noisy.check(lambda slack, p90=p90: p90 <= 0.010 + slack, f"p90 {name}-token delay {p90}")
-        med_ttft, med_gap = statistics.median(ttfts), statistics.median(gaps)
-        noisy.check(lambda slack: med_ttft <= ttft + 0.025 + slack, f"median TTFT {med_ttft}")
-        noisy.check(lambda slack: itl - 0.003 <= med_gap <= itl + 0.010 + slack, f"median gap {med_gap}")
-
-    _best_of(3, measure)
+    with FakeOpenAIServer(ttft_s=ttft, itl_s=itl, output_tokens=tokens, timings_of_writes=True) as server:
+        res = run_load(_cfg(server.url, api=api, rate_rps=40, num_requests=n), progress=False)
+    assert [r.status for r in res.records] == ["ok"] * n
+    assert sorted(r.request_id for r in res.records) == [f"req-{i:06d}" for i in range(n)]
+    for r in res.records:
+        assert r.output_tokens == tokens and r.token_source == "usage"
+        assert len(r.itl_s) == tokens - 1  # every gap a sample
+        assert sum(r.itl_s) == pytest.approx(r.last_token_s - r.first_token_s)
+        assert r.scheduled_s <= r.sent_s <= r.server["fake_arrival_pc"]
+        assert r.first_token_s >= r.server["fake_first_write_pc"]  # never before it was written
+        assert r.last_token_s >= r.server["fake_last_write_pc"]
+        assert r.sent_s < r.first_token_s <= r.last_token_s <= r.done_s
+        assert r.ttft_uncorrected_s >= ttft - 0.0005  # asyncio timers fire at most 1 clock tick early
+        assert r.e2e_uncorrected_s >= ttft + (tokens - 1) * itl - 0.001
+        assert r.tpot_s == pytest.approx((r.last_token_s - r.first_token_s) / (tokens - 1))
 
 
 @pytest.mark.parametrize("capped", [True, False])
 def test_a_stall_shows_in_corrected_latency_only_when_the_client_was_held_back(capped):
-    """Coordinated omission: with one connection (wrk-style), requests scheduled during a
-    1 s server stall wait in the client; their latency from the intended send shows the stall,
-    their latency from the actual send does not. Without a cap every request is sent on time
-    and both show it. Exact: no request scheduled in the stall completes before it ends, and
-    (uncapped) none sent before its end does. Noise-sensitive (best of 3): how short the
-    uncorrected latencies and the lags are, relative to the 1 s stall."""
+    """Coordinated omission. The server stalls every response when request 5 arrives.
+
+    Capped (one connection, wrk-style): the stall lasts 1 s; request 5 holds the only slot until
+    the stall ends, so every request scheduled during it waits in the client: its latency from
+    the intended send includes the stall, its latency from the actual send does not, and the
+    server receives nothing during the stall. Uncapped: the stall ends only when request 25
+    arrives, so the run completes only because the client sends on schedule while no response
+    comes back; the requests sent into the stall show it in their latency from the actual send.
+    All checks are exact (the server stamps arrivals and writes on the test's clock)."""
     stall_s = 1.0
-
-    def measure(noisy: _Noisy) -> None:
-        with FakeOpenAIServer(ttft_s=0.002, itl_s=0.002, output_tokens=3, stall_after_requests=5,
-                              stall_s=stall_s) as server:
-            cfg = _cfg(server.url, rate_rps=40, num_requests=100, max_concurrency=1 if capped else None)
-            res = run_load(cfg, progress=False)
-            start = server.stall_started
-        assert start is not None and all(r.ok for r in res.records)
-        end = start + stall_s
-        during = [r for r in res.records if start + 0.005 < r.scheduled_s < end - 0.05]
-        for r in during:  # no request scheduled in the stall completes before it ends
-            assert r.e2e_s >= (end - r.scheduled_s) - 0.002
-        if not capped:
-            for r in res.records:  # sent into the stall: done only after it
-                if start <= r.sent_s < end - 0.002:
-                    assert r.done_s >= end - 0.002
-        noisy.check(lambda slack: len(during) >= 20, f"only {len(during)} requests scheduled during the stall")
-        if not during:
-            return
-        uncorrected = sorted(r.e2e_uncorrected_s for r in during)
-        lags = sorted(r.schedule_lag_s for r in during)
-        med_u, med_lag = statistics.median(uncorrected), statistics.median(lags)
-        p90 = summarize_run(res.records, ci=False).metrics
-        e2e_p90, unc_p90 = p90["e2e"].percentiles["p90"], p90["e2e_uncorrected"].percentiles["p90"]
-        noisy.check(lambda slack: e2e_p90 > 0.3, f"e2e p90 {e2e_p90}")
-        if capped:  # sent after the stall: short from the send, long from the intended send
-            noisy.check(lambda slack: uncorrected[-1] < 0.3 + slack and med_u < 0.05 + slack,
-                        f"uncorrected {uncorrected[-3:]}")
-            noisy.check(lambda slack: med_lag > 0.3, f"median lag {med_lag}")
-            noisy.check(lambda slack: unc_p90 < 0.2 + slack, f"uncorrected p90 {unc_p90}")
-        else:  # sent on time, into the stall
-            noisy.check(lambda slack: med_lag < 0.01 + slack and lags[-1] < 0.3 + slack, f"lags {lags[-3:]}")
-            noisy.check(lambda slack: unc_p90 > 0.3, f"uncorrected p90 {unc_p90}")
-
-    _best_of(3, measure)
+    server_kw = {"stall_s": stall_s} if capped else {"stall_until_request": 25}
+    with FakeOpenAIServer(ttft_s=0.002, itl_s=0.002, output_tokens=3, stall_after_requests=5,
+                          timings_of_writes=True, **server_kw) as server:
+        cfg = _cfg(server.url, rate_rps=40, num_requests=100, max_concurrency=1 if capped else None,
+                   hard_stop_s=300.0)  # a hang guard: the run takes 2.5 s
+        res = run_load(cfg, progress=False)
+        start, end = server.stall_started, server.stall_ended
+    assert start is not None and end is not None
+    assert [r.status for r in res.records] == ["ok"] * 100
+    arrival = {r.request_id: r.server["fake_arrival_pc"] for r in res.records}
+    for r in res.records:
+        assert r.e2e_s == pytest.approx(r.schedule_lag_s + r.e2e_uncorrected_s)
+        assert r.e2e_s >= r.e2e_uncorrected_s  # so every percentile too
+        if arrival[r.request_id] > start:  # held by the stall: done only after it
+            assert r.done_s >= end
+    m = summarize_run(res.records, ci=False).metrics
+    assert all(m["e2e"].percentiles[q] >= m["e2e_uncorrected"].percentiles[q] for q in m["e2e"].percentiles)
+    if capped:
+        assert end == pytest.approx(start + stall_s)
+        assert not [r for r in res.records if start < arrival[r.request_id] < end]  # nothing sent meanwhile
+        during = [r for r in res.records if start < r.scheduled_s < end]
+        # Request 5 is scheduled 0.1 s into a 2.5 s schedule: the stall covers part of it unless
+        # request 5 reached the server more than 2.3 s after its intended time (it takes milliseconds).
+        assert during
+        for r in during:  # waited in the client for the slot that request 5 held until the end
+            assert r.sent_s >= end
+            assert r.schedule_lag_s >= end - r.scheduled_s
+            assert r.e2e_s >= end - r.scheduled_s
+    else:
+        into = [r for r in res.records if start < arrival[r.request_id] <= end]
+        assert len(into) == 25 - 5  # requests 6 to 25 reached the server while it held every answer
+        for r in into:  # sent before the stall ended, answered after: the stall is in the uncorrected latency
+            assert r.sent_s <= end <= r.done_s
+            assert r.e2e_uncorrected_s >= end - arrival[r.request_id]
 
 
 def test_tokens_come_from_usage_not_from_chunks():
@@ -435,38 +376,51 @@ def test_non_streaming_has_no_ttft_and_counts_usage():
 
 def test_failures_are_records_and_count_as_failures():
     with FakeOpenAIServer(output_tokens=3, fail_every=3) as server:
-        res = run_load(_cfg(server.url, num_requests=9, timeout_s=5.0), progress=False)
+        res = run_load(_cfg(server.url, num_requests=9, timeout_s=60.0), progress=False)
     failed = [r for r in res.records if not r.ok]
     assert len(res.records) == 9 and len(failed) == 3
     assert all(r.status == "error" and r.http_status == 500 and "injected failure" in r.error for r in failed)
     e2e = summarize_run(res.records, ci=False).metrics["e2e"]
     assert e2e.errors == 3 and e2e.error_rate == pytest.approx(1 / 3)
-    assert e2e.percentiles["p90"] >= 5.0  # a failure counts as its time-out
+    assert e2e.percentiles["p90"] == 60.0  # a failure counts as its time-out
 
 
 def test_timeouts_are_records():
-    with FakeOpenAIServer(ttft_s=2.0) as server:
+    with FakeOpenAIServer(ttft_s=3600.0) as server:  # no answer can come first: a time-out is the only end
         res = run_load(_cfg(server.url, num_requests=2, rate_rps=100, timeout_s=0.2), progress=False)
     assert [r.status for r in res.records] == ["timeout", "timeout"]
-    # at the time-out, well before the server's 2 s first token
-    assert all(0.199 <= r.e2e_uncorrected_s <= 1.0 and "timeout_s=0.2" in r.error for r in res.records)
+    assert all(r.e2e_uncorrected_s >= 0.2 - 1e-6 and "timeout_s=0.2" in r.error for r in res.records)  # never early
 
 
 def test_hard_stop_cancels_what_is_left():
-    with FakeOpenAIServer(ttft_s=5.0) as server:
-        res = run_load(_cfg(server.url, num_requests=30, rate_rps=20, hard_stop_s=0.5, max_concurrency=3),
+    """No answer comes (the server's first token is an hour away): the hard stop ends the run.
+
+    The schedule runs 30 s and the hard stop comes at 0.5 s. Exact: every record is cancelled
+    by one stop, never before 0.5 s; the records are the first requests of the schedule, each
+    started no earlier than intended. Requests 0-9 are due before the stop and the loop starts
+    due sends before it runs due timers, so at least 4 were started and, with 3 slots, at
+    least one never went out. All 600 would be started only if the loop were held up for the
+    29.5 s between the stop and the last intended send."""
+    n = 600
+    with FakeOpenAIServer(ttft_s=3600.0) as server:
+        res = run_load(_cfg(server.url, num_requests=n, rate_rps=20, hard_stop_s=0.5, max_concurrency=3),
                        progress=False)
-    statuses = {r.status for r in res.records}
-    assert statuses == {"cancelled"} and 4 <= len(res.records) < 30
-    assert all(0.499 <= r.done_s - res.start_s < 4.0 for r in res.records)  # at the hard stop, not at 5 s
-    assert sum("before it was sent" in r.error for r in res.records) >= 1
+    recs = sorted(res.records, key=lambda r: r.request_id)
+    assert {r.status for r in recs} == {"cancelled"} and 4 <= len(recs) < n
+    assert [r.request_id for r in recs] == [f"req-{i:06d}" for i in range(len(recs))]
+    assert len({r.done_s for r in recs}) == 1 and recs[0].done_s - res.start_s >= 0.5 - 1e-3
+    assert all(r.scheduled_s <= r.sent_s <= r.done_s for r in recs)
+    assert sum("before it was sent" in r.error for r in recs) >= 1
 
 
 def test_unreachable_endpoint_fails_before_the_run(tmp_path):
-    with FakeOpenAIServer() as server:
-        url = server.url
-    with pytest.raises(LoadGenError, match="Cannot connect") as info:
-        run_load(_cfg(url, records_path=str(tmp_path / "r.jsonl")), progress=False)
+    import socket
+
+    with socket.socket() as held:  # bound, never listening: a connect is refused, and no one else can take the port
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}"
+        with pytest.raises(LoadGenError, match="Cannot connect") as info:
+            run_load(_cfg(url, records_path=str(tmp_path / "r.jsonl")), progress=False)
     assert info.value.url.endswith("/v1/completions")
     assert not (tmp_path / "r.jsonl").exists()
 
@@ -489,7 +443,10 @@ def test_attribution_from_headers_and_final_event(server_kw, node, replica, timi
         assert (r.node_id, r.replica_id, r.server) == (node, replica, timings)
 
 
-def test_sent_at_header_and_keep_alive():
+def test_sent_at_header_and_keep_alive(monkeypatch):
+    # Idle connections are dropped after _IDLE_MAX_S; a machine that stalls the test for that long
+    # between two requests would open a second one. Here no connection may age out.
+    monkeypatch.setattr("labkit.load.runner._IDLE_MAX_S", 3600.0)
     with FakeOpenAIServer() as server:
         before = time.time()
         res = run_load(LoadConfig(url=server.url, model="m", arrival="closed", users=1, num_requests=20),
@@ -562,15 +519,17 @@ def test_read_records_tolerates_a_truncated_last_line_only(tmp_path):
 def test_an_interrupted_run_leaves_a_readable_jsonl(tmp_path, sig):
     with FakeOpenAIServer(ttft_s=0.005, output_tokens=2) as server:
         cmd = [sys.executable, "-m", "labkit", "load", "--url", server.url, "--model", "m", "--arrival", "constant",
-               "--rate", "100", "--duration", "30", "--out", str(tmp_path), "--no-progress"]
+               "--rate", "100", "--duration", "3600", "--out", str(tmp_path), "--no-progress"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         path = tmp_path / "records.jsonl"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not path.exists() or path.read_text().count("\n") < 20):
+        deadline = time.monotonic() + 300  # a hang guard: the 20 records take a few seconds with the start-up
+        while (not path.exists() or path.read_text().count("\n") < 20) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no 20 records within 300 s"
             time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]  # still running: it was to last an hour
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=300)  # a hang guard: it stops at once
     records = read_records(path)
     assert len(records) >= 20
     assert all(r.status in ("ok", "cancelled") for r in records)
@@ -609,15 +568,23 @@ def test_max_concurrency_holds_requests_back_and_records_their_lag():
     with FakeOpenAIServer(ttft_s=0.05, output_tokens=1) as server:
         res = run_load(_cfg(server.url, num_requests=6, rate_rps=200, max_concurrency=2), progress=False)
     lags = sorted(r.schedule_lag_s for r in res.records)
-    assert lags[-1] > 0.02 and lags[0] < lags[-1]  # the last ones waited for one of 2 slots (>= 50 ms each)
+    # Exact: the third request (due at 10 ms) can only go once one of the first two is answered,
+    # and the server answers no sooner than 50 ms after a request arrives: its lag is >= 40 ms.
+    assert lags[-1] >= 0.04 - 1e-3 and lags[0] < lags[-1]
 
 
 def test_a_burst_opens_connections_a_few_at_a_time(monkeypatch):
     """A burst must not open hundreds of connections at once (an accept-queue overflow turns
-    into 1 s SYN retries): at most _MAX_CONNECTING are opening, the rest wait, none is lost."""
+    into 1 s SYN retries): at most _MAX_CONNECTING are opening, the rest wait, none is lost.
+
+    The server holds every answer until the 30th request arrives, so no connection comes free
+    before all 30 are sent: the pool must grow to exactly one connection per request (the
+    preflight connection and 29 new ones). If the client waited for an answer before sending
+    the rest, the run would end at its hard stop (a hang guard) with cancelled records."""
     import labkit.load as load
 
     monkeypatch.setattr("labkit.load.runner._MAX_CONNECTING", 2)
+    monkeypatch.setattr("labkit.load.runner._IDLE_MAX_S", 3600.0)  # the preflight connection stays usable
     most = []
     original = load._Runner._connect
 
@@ -626,12 +593,13 @@ def test_a_burst_opens_connections_a_few_at_a_time(monkeypatch):
         most.append(self.connecting)
 
     monkeypatch.setattr(load._Runner, "_connect", spy)
-    with FakeOpenAIServer(ttft_s=0.05, output_tokens=1) as server:
-        res = run_load(_cfg(server.url, num_requests=30, rate_rps=100_000), progress=False)
+    n = 30
+    with FakeOpenAIServer(output_tokens=1, stall_after_requests=1, stall_until_request=n) as server:
+        res = run_load(_cfg(server.url, num_requests=n, rate_rps=100_000, hard_stop_s=300.0), progress=False)
         connections = server.connections
-    assert all(r.ok for r in res.records)
+    assert [r.status for r in res.records] == ["ok"] * n
     assert max(most) <= 2
-    assert 10 <= connections <= 31  # the pool still grew to serve the burst
+    assert connections == n
 
 
 def test_result_views_are_json_ready():
@@ -694,9 +662,15 @@ def test_progress_bar_is_optional(tqdm_installed, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("timerfd", [True, False])
-def test_schedule_lag_is_small_with_and_without_timerfd(timerfd, monkeypatch):
+def test_schedule_is_kept_with_and_without_timerfd(timerfd, monkeypatch):
     """Where no timerfd exists (not Linux) the loop's timers plus a short spin keep the schedule.
-    Exact: never early. Noise-sensitive: median lag under 1 ms (+ measured slack)."""
+
+    Exact: every scheduled request is sent once, at its intended time or later, never early.
+    With a timerfd the scheduler wakes at most twice per send: each wake-up either starts a due
+    request or is the one stale timerfd event left behind when a send that fell due between two
+    responses was started from the response handler. Without a timerfd the number of wake-ups
+    is the cost of the spin, which depends on the machine; the schedule lag in both modes and
+    that cost are measured side by side in benchmarks/bench_load_timing.py."""
     if not timerfd:
         monkeypatch.setattr("labkit.load.schedule._TimerFd.create", classmethod(lambda cls, loop, callback: None))
 
@@ -708,18 +682,14 @@ def test_schedule_lag_is_small_with_and_without_timerfd(timerfd, monkeypatch):
         original(self)
 
     monkeypatch.setattr(_Runner, "_tick", counting_tick)
-
-    def measure(noisy: _Noisy) -> None:
-        ticks.clear()
-        with FakeOpenAIServer(output_tokens=2) as server:
-            res = run_load(_cfg(server.url, num_requests=40, rate_rps=200), progress=False)
-        assert all(r.ok for r in res.records)
-        if timerfd:  # one wake-up per send, give or take those started between responses
-            assert len(ticks) <= 2 * 40 + 5
-        else:  # sleeping on the loop's timer, then spinning for the last 2 ms of each 5 ms gap
-            assert len(ticks) < 40 * 2000
-        assert all(r.schedule_lag_s >= 0 for r in res.records)
-        med = statistics.median(r.schedule_lag_s for r in res.records)
-        noisy.check(lambda slack: med < 0.001 + slack, f"median lag {med}")
-
-    _best_of(3, measure)
+    n, rate = 40, 200.0
+    with FakeOpenAIServer(output_tokens=2) as server:
+        res = run_load(_cfg(server.url, num_requests=n, rate_rps=rate), progress=False)
+    recs = sorted(res.records, key=lambda r: r.request_id)
+    assert [r.status for r in recs] == ["ok"] * n
+    assert [r.request_id for r in recs] == [f"req-{i:06d}" for i in range(n)]  # every scheduled request, once
+    assert [r.scheduled_s for r in recs] == pytest.approx([res.start_s + i / rate for i in range(n)], abs=1e-9)
+    assert all(r.schedule_lag_s >= 0 for r in recs)  # never early
+    assert [r.sent_s for r in recs] == sorted(r.sent_s for r in recs)  # sent in schedule order
+    if timerfd:
+        assert len(ticks) <= 2 * n + 1
