@@ -166,6 +166,19 @@ def _serve_running_proxy_location() -> str | None:
         return "unknown"
 
 
+def _quiet_serve_driver_log() -> None:
+    """Keep Serve's warnings and errors in this process, drop its INFO lines.
+
+    ``import ray.serve`` logs INFO to stderr, which Jupyter draws in red: "Started Serve", and on every
+    deploy "Connecting to existing Serve app ... New http_options/controller_options will not be applied",
+    which reads as "your settings were ignored" but only means Serve was already running with them. The
+    controller's, proxies' and replicas' own logs (in the session's log folder) keep their levels.
+    """
+    import logging
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
 def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides: Any) -> Deployment:
     """Validate, deploy and wait until the application answers.
 
@@ -216,6 +229,7 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
     if running is not None and running.replace("_", "").lower() not in (want.lower(), "unknown"):
         serve.shutdown()
         running = None
+    _quiet_serve_driver_log()
     if running is None:
         serve.start(proxy_location=want, http_options={"host": config.host, "port": config.port or _free_port()})
     app = build_app(config, plan, spec)
