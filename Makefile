@@ -13,8 +13,9 @@ help: ## list the targets
 setup: ## install the CPU profile (.venv, or the active conda env); idempotent
 	@bash scripts/setup.sh
 
-lab: setup ## open JupyterLab on the notebooks (127.0.0.1 only)
-	$(PY) -m jupyter lab --ip 127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
+lab: setup ## JupyterLab on this folder, opening in notebooks/ (127.0.0.1 only; open the URL it prints)
+	$(PY) -m jupyter lab --ip 127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) \
+		--ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks --KernelManager.transport=ipc
 
 run: setup ## run the whole lab headless with papermill into verification/runs/<timestamp>/
 	$(PY) -m labkit run --out $(OUT)
