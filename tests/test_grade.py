@@ -181,7 +181,7 @@ def test_the_grader_never_executes_anything_from_a_log(tmp_path: Path) -> None:
     write(tmp_path / "logs", "module.py", f"import os\nos.system('touch {sentinel}')\n")
     book = grade_directory(tmp_path / "logs", now=NOW)
     assert not sentinel.exists()
-    assert {"summary_unverifiable"} <= codes_of(book, "hostile.json")
+    assert {"unknown_summary_metric"} <= codes_of(book, "hostile.json")
     assert codes_of(book, "payload.pkl") == codes_of(book, "module.py") == {"ignored_file"}
 
 

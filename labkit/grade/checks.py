@@ -9,14 +9,16 @@ then turns the findings into scores.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from labkit.grade.budget import BudgetExceeded, active_budget, budget, tick
 from labkit.grade.consistency import _check_summaries, _check_times, _iter_summaries, _normalize_metric
 from labkit.grade.loader import LoadedLog, _dict, _get, _list, _num, _Table
 from labkit.grade.rubric import _CATEGORIES, Finding, Rubric, load_rubric
-from labkit.record import compute_log_hash, validate_log
+from labkit.record import compute_log_hash, load_schema, validate_log
 
 __all__ = ["assess_log"]
 
@@ -28,8 +30,10 @@ __all__ = ["assess_log"]
 
 def _hardware_gpus(data: Mapping[str, Any]) -> tuple[list[str], int]:
     names = [str(g.get("name", "")) for g in _list(_get(data, "environment.hardware.gpus")) if isinstance(g, dict)]
-    cluster = sum(_num(_get(n, "resources.GPU")) or 0 for n in _list(_get(data, "cluster.nodes")))
-    return names, max(len(names), int(cluster))
+    nodes = _list(_get(data, "cluster.nodes"))
+    tick(len(nodes))
+    cluster = sum(min(_num(_get(n, "resources.GPU")) or 0, 1e6) for n in nodes)
+    return names, max(len(names), int(min(cluster, 1e9)))
 
 
 def _check_plausibility(data: Mapping[str, Any], table: _Table, rubric: Rubric, file: str) -> list[Finding]:
@@ -95,6 +99,7 @@ def _check_plausibility(data: Mapping[str, Any], table: _Table, rubric: Rubric, 
     token_floor = max(rules["min_token_s"][device], weights / total_bw if total_bw else 0.0)
     c, fast, ok = table.cols, 0, 0
     floor_min = math.inf
+    tick(table.n)
     for status, warm, sent, done, out in zip(
         c["status"], c["warmup"], c["sent_s"], c["done_s"], c["output_tokens"], strict=False
     ):
@@ -125,9 +130,17 @@ def _check_completeness(
 ) -> tuple[list[Finding], int, int]:
     findings = []
     missing = [f for f in rubric["required_fields"] if _get(data, f) in (None, "", [], {})]
-    if _get(data, "learner_id") == "anonymous":
-        findings.append(Finding("anonymous_learner", "learner_id is 'anonymous'.", file))
-        missing.append("learner_id")
+    anonymous = _get(data, "learner_id") == "anonymous"
+    if anonymous:
+        findings.append(
+            Finding(
+                "anonymous_learner",
+                "learner_id is 'anonymous', the notebooks' default: set the learner_id parameter in the "
+                "notebook's first cell (or papermill -p learner_id YOUR_ID), or export LABKIT_LEARNER_ID=YOUR_ID "
+                "before starting Jupyter, then run the notebook again.",
+                file,
+            )
+        )
     if missing:
         findings.append(
             Finding("missing_fields", f"Empty or absent: {', '.join(missing)[:400]}.", file, {"fields": missing})
@@ -135,7 +148,7 @@ def _check_completeness(
     exercise = _get(data, "exercise")
     rule = rubric.exercise_rule(exercise if isinstance(exercise, str) else "")
     checks = len(rubric["required_fields"]) + 2
-    passed = checks - 2 - len(set(missing))
+    passed = checks - 2 - len(set(missing) | ({"learner_id"} if anonymous else set()))
     n = table.n + sum(len(_list(v)) for v in _dict(_get(data, "samples.series")).values())
     if n >= rule.get("min_samples", 0):
         passed += 1
@@ -144,7 +157,8 @@ def _check_completeness(
             Finding("too_few_samples", f"{n} raw samples; the exercise needs {rule.get('min_samples')}.", file)
         )
     have = set()
-    for name, summary in _iter_summaries(_dict(_get(data, "outputs")), "outputs."):
+    found = _iter_summaries(_dict(_get(data, "outputs")), "outputs.")
+    for name, summary in itertools.islice(found, int(rubric["limits"]["max_summaries"])):
         have.add(_normalize_metric(name.rsplit(".", 1)[-1]))
         metric = _get(summary, "metric")
         if isinstance(metric, str):
@@ -157,10 +171,137 @@ def _check_completeness(
     return findings, max(passed, 0), checks
 
 
+_FIX_INCOMPLETE = (
+    "A complete log is written by labkit.checkpoint(...) in the notebook's last cell: run the notebook "
+    "again (Run All, or make run) and hand in the file it writes, unedited."
+)
+
+
+def missing_log_fields(data: Mapping[str, Any]) -> list[str]:
+    """The dotted names of the fields the schema requires that a log lacks (top level first)."""
+    schema = load_schema()
+    missing: list[str] = []
+    stack: list[tuple[Mapping[str, Any], Any, str]] = [(schema, data, "")]
+    while stack and len(missing) < 60:
+        spec, value, prefix = stack.pop(0)
+        if "$ref" in spec:
+            spec = schema["$defs"].get(str(spec["$ref"]).rsplit("/", 1)[-1], {})
+        if not isinstance(value, dict):
+            continue
+        properties = spec.get("properties", {})
+        for key in spec.get("required", []):
+            if key not in value:
+                missing.append(prefix + key)
+            elif isinstance(properties.get(key), dict):
+                stack.append((properties[key], value[key], f"{prefix}{key}."))
+    return missing
+
+
+def _incomplete(missing: Sequence[str], file: str) -> Finding:
+    shown = ", ".join(missing[:30]) + (f" and {len(missing) - 30} more" if len(missing) > 30 else "")
+    return Finding(
+        "incomplete_log",
+        f"Not a complete verification log: {len(missing)} required field(s) absent: {shown}. {_FIX_INCOMPLETE}",
+        file,
+        {"missing": list(missing[:60])},
+    )
+
+
+def _check_schema(data: Mapping[str, Any], file: str) -> list[Finding]:
+    problems = validate_log(data, max_errors=10)
+    if not problems:
+        return []
+    found = [Finding("schema_invalid", "; ".join(problems[:3])[:600], file, {"errors": problems})]
+    missing = missing_log_fields(data)
+    if missing:
+        found.append(_incomplete(missing, file))
+    return found
+
+
+def _check_hash(data: Mapping[str, Any], file: str) -> list[Finding]:
+    integrity = _get(data, "integrity.sha256")
+    if not isinstance(integrity, str):
+        return [Finding("hash_missing", "integrity.sha256 is absent.", file)]
+    if compute_log_hash(data) != integrity:
+        return [
+            Finding(
+                "hash_mismatch",
+                "The canonical sha256 of the content differs from "
+                "integrity.sha256: the file was changed after it was recorded.",
+                file,
+            )
+        ]
+    return []
+
+
+def _check_columns(table: _Table, file: str) -> list[Finding]:
+    if not table.ragged:
+        return []
+    return [
+        Finding(
+            "columns_ragged",
+            f"samples.requests.columns have different lengths; only the first {table.n} rows were checked.",
+            file,
+        )
+    ]
+
+
+def _check_nodes_used(data: Mapping[str, Any], table: _Table, file: str) -> list[Finding]:
+    tick(table.n)
+    used_nodes = {x for x in table.cols["node"] if isinstance(x, int) and not isinstance(x, bool)}
+    node_count = _num(_get(data, "cluster.node_count"))
+    if node_count and len(used_nodes) > node_count:
+        return [
+            Finding(
+                "nodes_exceed_topology",
+                f"Requests were served by {len(used_nodes)} nodes; the cluster had {node_count:g}.",
+                file,
+            )
+        ]
+    return []
+
+
+def _guarded(steps: Sequence[tuple[str, Callable[[], list[Finding]]]], file: str) -> list[Finding]:
+    """Run checks one by one; an exception becomes a finding on the file, never a crash.
+
+    A check that runs out of the file's budget stops the remaining ones (they would run out
+    too); any other exception is a ``grader_error`` naming the check, and the next check runs.
+    """
+    findings: list[Finding] = []
+    for name, step in steps:
+        try:
+            findings += step()
+        except BudgetExceeded as err:
+            findings.append(
+                Finding(
+                    "check_budget_exceeded",
+                    f"Checking stopped in the {name} check: {err}. A log written by the kit needs a fraction "
+                    "of this; to check this file anyway, raise the limit in a rubric copy (--rubric).",
+                    file,
+                    {"check": name},
+                )
+            )
+            break
+        except Exception as err:  # noqa: BLE001 - untrusted input: any failure is a finding on this file
+            findings.append(
+                Finding(
+                    "grader_error",
+                    f"The {name} check failed on this file: {type(err).__name__}: {str(err)[:200]}",
+                    file,
+                    {"check": name},
+                )
+            )
+    return findings
+
+
 def assess_log(
     loaded: LoadedLog, rubric: Rubric | None = None, *, now: dt.datetime | None = None
 ) -> tuple[list[Finding], dict[str, float]]:
     """Check one loaded log on its own and score its three categories.
+
+    Every check runs on its own: an exception in one becomes a ``grader_error`` finding and
+    the others still run; running out of the per-file budget (``limits.max_seconds_per_file``,
+    ``limits.max_work_per_file``) becomes ``check_budget_exceeded``. Never raises for any log.
 
     Parameters
     ----------
@@ -179,50 +320,43 @@ def assess_log(
     """
     rubric = rubric or load_rubric()
     now = now or dt.datetime.now(dt.timezone.utc)
+    if active_budget() is None:
+        limits = rubric["limits"]
+        with budget(limits["max_seconds_per_file"], limits["max_work_per_file"]):
+            return _assess(loaded, rubric, now)
+    return _assess(loaded, rubric, now)
+
+
+def _assess(loaded: LoadedLog, rubric: Rubric, now: dt.datetime) -> tuple[list[Finding], dict[str, float]]:
     findings = list(loaded.findings)
     data, file = loaded.data, loaded.file
     if data is None or data.get("_unusable"):
         return findings, dict.fromkeys(_CATEGORIES, 0.0)
-    problems = validate_log(data, max_errors=10)
-    if problems:
-        findings.append(Finding("schema_invalid", "; ".join(problems[:3])[:600], file, {"errors": problems}))
-    integrity = _get(data, "integrity.sha256")
-    if not isinstance(integrity, str):
-        findings.append(Finding("hash_missing", "integrity.sha256 is absent.", file))
-    elif compute_log_hash(data) != integrity:
-        findings.append(
-            Finding(
-                "hash_mismatch",
-                "The canonical sha256 of the content differs from "
-                "integrity.sha256: the file was changed after it was recorded.",
-                file,
-            )
-        )
-    table = loaded.table
-    if table.ragged:
-        findings.append(
-            Finding(
-                "columns_ragged",
-                f"samples.requests.columns have different lengths; only the first {table.n} rows were checked.",
-                file,
-            )
-        )
-    findings += _check_summaries(data, table, rubric, file)
-    findings += _check_times(data, table, rubric, file, now)
-    used_nodes = {x for x in table.cols["node"] if isinstance(x, int) and not isinstance(x, bool)}
-    node_count = _num(_get(data, "cluster.node_count"))
-    if node_count and len(used_nodes) > node_count:
-        findings.append(
-            Finding(
-                "nodes_exceed_topology",
-                f"Requests were served by {len(used_nodes)} nodes; the cluster had {node_count:g}.",
-                file,
-            )
-        )
-    findings += _check_plausibility(data, table, rubric, file)
-    complete, passed, checks = _check_completeness(data, table, rubric, file)
-    findings += complete
-    scores = {"completeness": passed / checks if checks else 1.0}
+    completeness: dict[str, int] = {}
+
+    def table() -> _Table:
+        return loaded.table
+
+    def complete() -> list[Finding]:
+        found, passed, checks = _check_completeness(data, table(), rubric, file)
+        completeness.update(passed=passed, checks=checks)
+        return found
+
+    findings += _guarded(
+        [
+            ("schema", lambda: _check_schema(data, file)),
+            ("integrity hash", lambda: _check_hash(data, file)),
+            ("sample columns", lambda: _check_columns(table(), file)),
+            ("summaries", lambda: _check_summaries(data, table(), rubric, file)),
+            ("timestamps", lambda: _check_times(data, table(), rubric, file, now)),
+            ("nodes", lambda: _check_nodes_used(data, table(), file)),
+            ("plausibility", lambda: _check_plausibility(data, table(), rubric, file)),
+            ("completeness", complete),
+        ],
+        file,
+    )
+    checks = completeness.get("checks", 1)
+    scores = {"completeness": completeness.get("passed", 0) / checks if checks else 1.0}
     for category in ("consistency", "plausibility"):
         penalty = sum(rubric["penalties"].get(f.code, 0.0) for f in findings if f.category == category)
         scores[category] = max(0.0, 1.0 - penalty)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labkit.grade.budget import tick
 from labkit.grade.rubric import Finding, Rubric, _clean, load_rubric
 from labkit.record import SCHEMA_VERSION
 
@@ -80,6 +82,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
         if depth > limit:
             return True
         children = item.values() if isinstance(item, dict) else item
+        tick(len(children))
         stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
     return False
 
@@ -172,13 +175,26 @@ def load_log_safely(
     version = data.get("schema_version")
     if version is None and not {"learner_id", "exercise", "log_id", "integrity"} & data.keys():
         loaded.data = None  # another JSON file (run.json, a config): listed, not graded
-        loaded.findings.append(Finding("ignored_file", "JSON, but not a verification log (no schema_version).", name))
+        loaded.findings.append(
+            Finding(
+                "ignored_file",
+                "JSON, but not a verification log (no schema_version).",
+                name,
+                {"keys": sorted(str(k)[:40] for k in itertools.islice(data, 100))},
+            )
+        )
         return loaded
     if isinstance(version, bool) or version != SCHEMA_VERSION:
         loaded.findings.append(
             Finding(
                 "unsupported_schema_version",
-                f"schema_version={str(version)[:40]!r}; this grader reads version {SCHEMA_VERSION}.",
+                f"schema_version={str(version)[:40]!r}; this grader reads version {SCHEMA_VERSION}. "
+                + (
+                    "A log written by labkit.checkpoint(...) always has it: run the notebook again and hand in "
+                    "the new file, unedited."
+                    if version is None
+                    else "Grade it with the labkit version that wrote it, or run the notebook again with this one."
+                ),
                 name,
             )
         )
@@ -212,9 +228,14 @@ def _get(data: Any, dotted: str, default: Any = None) -> Any:
 
 
 def _num(value: Any) -> float | None:
+    """A finite float from a JSON number; None for anything else (huge integers included)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)  # an integer like 10**400 does not fit a float
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -246,10 +267,18 @@ class _Table:
     n: int
     ragged: bool
     runs: list[str] = field(default_factory=list)
+    _by_run: dict[int, list[int]] | None = field(default=None, repr=False)
 
     def rows_of_run(self, index: int) -> list[int]:
-        """Row numbers of one run (records given as ``{run: records}``)."""
-        return [i for i, run in enumerate(self.cols["run"]) if run == index and not isinstance(run, bool)]
+        """Row numbers of one run (records given as ``{run: records}``); one pass for all runs."""
+        if self._by_run is None:
+            tick(self.n)
+            by_run: dict[int, list[int]] = {}
+            for i, run in enumerate(self.cols["run"]):
+                if isinstance(run, int) and not isinstance(run, bool):
+                    by_run.setdefault(run, []).append(i)
+            self._by_run = by_run
+        return self._by_run.get(index, [])
 
 
 def _table(data: Mapping[str, Any]) -> _Table:
@@ -258,9 +287,12 @@ def _table(data: Mapping[str, Any]) -> _Table:
     lists = {name: _list(columns.get(name)) for name in names}
     lengths = {len(v) for k, v in lists.items() if k in columns}
     n = min(lengths) if lengths else 0
+    tick(n * len(names))
     cols = {k: [_num(x) for x in v[:n]] if k.endswith("_s") else v[:n] for k, v in lists.items()}
     for k in names:
         if len(cols[k]) < n or k not in columns:
             cols[k] = [None] * n
-    runs = [r if isinstance(r, str) else "" for r in _list(_get(data, "samples.requests.runs"))]
+    run_names = _list(_get(data, "samples.requests.runs"))
+    tick(len(run_names))
+    runs = [r if isinstance(r, str) else "" for r in run_names]
     return _Table(cols, n, len(lengths) > 1, runs)

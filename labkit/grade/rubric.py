@@ -66,6 +66,11 @@ FINDING_CODES: dict[str, tuple[str, str, str]] = {
     ),
     "identical_log": ("consistency", "error", "Raw samples or summaries identical to another learner's log."),
     "copied_samples": ("consistency", "error", "Shares most raw latency samples with another learner's log."),
+    "incomplete_log": (
+        "completeness",
+        "error",
+        "Fields every verification log has are absent (named in the message): not a labkit.checkpoint log, or cut.",
+    ),
     "missing_fields": (
         "completeness",
         "warning",
@@ -92,6 +97,26 @@ FINDING_CODES: dict[str, tuple[str, str, str]] = {
     ),
     "other_attempt": ("completeness", "info", "Another attempt of the same learner and exercise was graded."),
     "grader_error": ("input", "error", "The grader hit an unexpected case on this file (please report it)."),
+    "check_budget_exceeded": (
+        "input",
+        "error",
+        "Checking the file took more than the rubric's per-file time or work limit; it was not fully checked.",
+    ),
+    "too_many_summaries": (
+        "consistency",
+        "error",
+        "More summaries than the rubric's max_summaries; the rest were not checked.",
+    ),
+    "unknown_percentile_key": (
+        "consistency",
+        "error",
+        "A summary's percentiles have keys the grader cannot read (e.g. q50 for p50), so they were not checked.",
+    ),
+    "unknown_summary_metric": (
+        "consistency",
+        "warning",
+        "A summary of a metric that is not a labkit.stats metric; its numbers cannot be checked.",
+    ),
 }
 _CATEGORIES = ("completeness", "consistency", "plausibility")
 
@@ -102,6 +127,27 @@ def _clean(text: str) -> str:
 
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+_MAX_MESSAGE = 1000  # characters of a finding's message (values from a log are quoted shorter)
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
+    """Return a finding's detail cut to 20 items per list or dict, 200 characters, 4 levels.
+
+    A hostile log cannot make the gradebook large through its findings.
+    """
+    if isinstance(value, str):
+        return _clean(value[:200])
+    if isinstance(value, Mapping):
+        if depth >= 4:
+            return f"<{len(value)} keys>"
+        return {str(k)[:80]: _bounded(v, depth + 1) for k, v in list(value.items())[:20]}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        if depth >= 4:
+            return f"<{len(value)} items>"
+        return [_bounded(v, depth + 1) for v in list(value)[:20]]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _clean(repr(value)[:200])
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,8 +177,9 @@ class Finding:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "message", _clean(self.message))
-        object.__setattr__(self, "file", _clean(self.file))
+        object.__setattr__(self, "message", _clean(self.message[:_MAX_MESSAGE]))
+        object.__setattr__(self, "file", _clean(self.file[:_MAX_MESSAGE]))
+        object.__setattr__(self, "detail", _bounded(self.detail))
 
     @property
     def category(self) -> str:

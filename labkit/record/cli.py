@@ -24,15 +24,18 @@ def _cmd_verify(args: Any) -> int:
     from labkit.grade import load_rubric, verify_logs  # the checks live with the grader
 
     rubric = load_rubric(args.rubric)
-    bad = False
-    for file, findings in verify_logs(args.logs, rubric=rubric).items():
+    failed = 0
+    results = verify_logs(args.logs, rubric=rubric)
+    for file, findings in results.items():
         problems = [f for f in findings if f.severity in ("error", "warning")]
-        bad = bad or bool(problems)
+        failed += bool(problems)
         print(f"{'FAIL' if problems else 'OK  '} {file}")
         for finding in findings:
             if finding.severity != "info" or args.verbose:
                 print(f"     {finding.severity:<7} {finding.code}: {finding.message}")
-    return 1 if bad else 0
+    if len(results) > 1:
+        print(f"{failed} of {len(results)} files failed.")
+    return 1 if failed else 0
 
 
 def _cmd_env(args: Any) -> int:
@@ -48,7 +51,10 @@ def register_cli(subparsers: Any) -> None:
     subparsers : argparse._SubParsersAction
         The top-level parser's subparsers.
     """
-    verify = subparsers.add_parser("verify", help="validate verification logs and check their consistency")
+    verify = subparsers.add_parser(
+        "verify",
+        help="check verification logs one by one: complete, unedited, consistent; exit 1 when one fails",
+    )
     verify.add_argument("logs", nargs="+", metavar="LOG", help="verification log files")
     verify.add_argument("--rubric", default=None, help="rubric JSON (default: verification/rubric.json)")
     verify.add_argument("-v", "--verbose", action="store_true", help="also print informational findings")
