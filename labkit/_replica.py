@@ -186,6 +186,7 @@ class LLMServer:
         loggers = [self.activity.stat_logger_factory(), RayPrometheusStatLogger]
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
         self.tokenizer = None
+        self._ranks: list[dict[str, Any]] | None = None
         self._reporter = None
         try:  # telemetry is optional: the server answers without it
             from labkit import telemetry
@@ -201,6 +202,12 @@ class LLMServer:
     def engine_stats(self) -> dict[str, Any]:
         """Return running / waiting / in-flight requests of this replica's engine."""
         return {**self.activity.stats(), "inflight": self.inflight}
+
+    async def ranks(self) -> list[dict[str, Any]]:
+        """Return each TP x PP rank of this replica's engine, as the rank's own process reports it."""
+        if self._ranks is None:
+            self._ranks = list(await self.engine.collective_rpc("labkit_rank_info"))
+        return self._ranks
 
     async def _prompt_for(self, req: dict[str, Any]) -> str:
         if "prompt" in req:
@@ -240,6 +247,11 @@ class LLMServer:
             }
             yield {"status": 200, "headers": base_headers, "media_type": "application/json"}
             yield json.dumps(data).encode()
+            return
+        if route.endswith("/v1/labkit/placement") and method == "GET":
+            yield {"status": 200, "headers": base_headers, "media_type": "application/json"}
+            ranks = await self.ranks()
+            yield json.dumps({"replica_id": self.replica_id, "node_id": self.node_id, "ranks": ranks}).encode()
             return
         if route.endswith("/healthz") or route.endswith("/health"):
             yield {"status": 200, "headers": base_headers, "media_type": "application/json"}

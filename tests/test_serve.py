@@ -100,7 +100,6 @@ def test_unknown_preset_lists_the_available_ones():
         ({"proxy_location": "Everywhere"}, "proxy_location"),
         ({"placement": "random"}, "placement"),
         ({"request_router": "fastest"}, "request_router"),
-        ({"tensor_parallel_size": 2}, "backend"),
         ({"max_tokens_limit": 10_000}, "max_tokens_limit"),
     ],
 )
@@ -154,10 +153,65 @@ def test_spread_needs_enough_nodes_and_packed_one_big_node():
         plan_placement(ServeConfig(num_replicas=3, placement="packed"), _nodes([0, 0]))
 
 
+def _cpu_nodes(slots):
+    nodes = _nodes([0] * len(slots))
+    for node, n in zip(nodes, [0, *slots], strict=True):
+        node["resources"] = (
+            {"labkit_head": 1} if node["is_head"] else {"labkit_worker": 1, **({"labkit_cpu_device": n} if n else {})}
+        )
+    return nodes
+
+
+def test_cpu_pipeline_stages_get_one_device_slot_each_on_separate_nodes():
+    """PP 2 on the CPU backend: one bundle per rank on the CPU device slot resource, STRICT_SPREAD."""
+    plan = plan_placement(ServeConfig(num_replicas=1, pipeline_parallel_size=2), _cpu_nodes([2, 2]))
+    assert plan.bundles == [{"CPU": 1.0, "labkit_cpu_device": 1.0, "labkit_worker": 0.001}, {"labkit_cpu_device": 1.0}]
+    assert plan.strategy == "STRICT_SPREAD"
+    assert sorted(plan.nodes_for_replicas[0]) == ["worker-1", "worker-2"]
+    tp_pp = plan_placement(
+        ServeConfig(num_replicas=1, tensor_parallel_size=2, pipeline_parallel_size=2), _cpu_nodes([2, 2])
+    )
+    assert len(tp_pp.bundles) == 4
+    assert tp_pp.strategy == "PACK"
+
+
+@pytest.mark.parametrize(
+    ("tp", "pp", "slots", "words"),
+    [
+        (1, 2, [0, 0], "no node of this cluster offers one"),
+        (1, 3, [2, 2], "PP 3 across nodes puts each pipeline stage on its own node, but only 2 node(s)"),
+        (4, 1, [2, 2], "TP 4 must fit inside one node but the largest node has 2"),
+    ],
+)
+def test_cpu_tp_pp_that_cannot_be_placed_is_refused_before_deploy(tp, pp, slots, words):
+    config = ServeConfig(num_replicas=1, tensor_parallel_size=tp, pipeline_parallel_size=pp)
+    with pytest.raises(PlacementError) as info:
+        plan_placement(config, _cpu_nodes(slots))
+    assert words in str(info.value)
+
+
+def test_cpu_engine_args_use_vllms_ray_executor_only_when_split():
+    from labkit.models import resolve_model
+    from labkit.serve.app import _engine_args, _runtime_env
+
+    spec = resolve_model("tiny")
+    split = ServeConfig(pipeline_parallel_size=2)
+    assert _engine_args(split, spec)["distributed_executor_backend"] == "ray"
+    assert _engine_args(split, spec)["enforce_eager"] is False
+    assert _runtime_env(split)["env_vars"]["LABKIT_VLLM_CPU_RAY"] == "1"
+    whole = ServeConfig()
+    assert "distributed_executor_backend" not in _engine_args(whole, spec)
+    assert "LABKIT_VLLM_CPU_RAY" not in _runtime_env(whole)["env_vars"]
+
+
 def test_not_enough_memory_for_the_engines():
     with pytest.raises(ConfigError, match=r"4 engines need about 10.0 GiB .* 2.0 GiB is available"):
         check_memory(ServeConfig(num_replicas=4), available_bytes=2 * 1024**3)
     assert check_memory(ServeConfig(num_replicas=2), available_bytes=20 * 1024**3)["needed_gib"] == 5.0
+    # every rank of a split CPU replica is a process with its own KV cache
+    assert check_memory(ServeConfig(num_replicas=1, pipeline_parallel_size=2), available_bytes=20 * 1024**3)[
+        "needed_gib"
+    ] == 5.0
 
 
 def test_llm_config_for_ray_serve_llm_goes_through_the_same_checks():

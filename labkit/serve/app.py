@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from labkit.contracts import CPU_RAY_ENV
 from labkit.errors import ConfigError
 from labkit.serve.config import ROUTERS, ServeConfig
 from labkit.serve.placement import PlacementPlan, plan_placement
@@ -29,14 +30,19 @@ def _engine_args(config: ServeConfig, spec: Any) -> dict[str, Any]:
         "tensor_parallel_size": config.tensor_parallel_size,
         "pipeline_parallel_size": config.pipeline_parallel_size,
         "disable_log_stats": False,
-        "enforce_eager": config.backend == "cpu",
+        # Eager mode starts faster on CPUs, but with PP the CPU runner then skips the warm-up that
+        # allocates the later stages' intermediate tensors (AssertionError at the first request).
+        "enforce_eager": config.backend == "cpu" and config.devices_per_replica == 1,
+        # Each rank answers "who am I, where" for the placement proof (labkit.serve.ranks).
+        "worker_extension_cls": "labkit.serve.ranks.RankReporter",
     }
+    if config.devices_per_replica > 1:
+        # Every rank its own Ray actor, placed in the replica's placement-group bundles.
+        args["distributed_executor_backend"] = "ray"
     if config.backend == "cpu":
         args["dtype"] = "float32" if spec.load_format == "auto" and "tiny" in spec.served_name else "auto"
     else:
         args["gpu_memory_utilization"] = config.gpu_memory_utilization
-        if config.devices_per_replica > 1:
-            args["distributed_executor_backend"] = "ray"
     args.update(config.engine_kwargs)
     return args
 
@@ -51,9 +57,24 @@ def _runtime_env(config: ServeConfig) -> dict[str, Any]:
                 "OMP_NUM_THREADS": "1",
             }
         )
+        if config.devices_per_replica > 1:
+            env[CPU_RAY_ENV] = "1"  # vLLM's CPU platform with a Ray device resource (labkit.serve.cpu_ray)
+    if config.devices_per_replica > 1:
+        # vLLM's engine process (spawned by the replica) calls ray.init() to create the rank actors.
+        # Without an address it joins the cluster in Ray's address file: the last one started on
+        # this machine, which need not be this one (two labs, or a lab beside the tests).
+        address = _gcs_address()
+        if address:
+            env["RAY_ADDRESS"] = address
     else:
         env.update({"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"})
     return {"env_vars": env}
+
+
+def _gcs_address() -> str | None:
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address) if ray.is_initialized() else None
 
 
 def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
@@ -159,6 +180,7 @@ def build_llm_config(config: ServeConfig, nodes: list[Any] | None = None) -> dic
     engine = _engine_args(config, spec)
     engine.pop("model")
     engine.pop("served_model_name")
+    engine.pop("worker_extension_cls")  # the kit's placement proof is for its own LLMServer
     fields: dict[str, Any] = {
         "model_loading_config": {"model_id": config.served_model_name or spec.served_name, "model_source": spec.model},
         "deployment_config": {"num_replicas": config.num_replicas, "max_ongoing_requests": config.max_ongoing_requests},

@@ -44,7 +44,9 @@ class ServeConfig:
     num_replicas : int
         Model replicas (each its own engine).
     tensor_parallel_size, pipeline_parallel_size : int
-        Devices of one replica: TP inside a node, PP across nodes (GPU backend).
+        Devices of one replica: TP inside a node, PP across nodes. A device is a GPU, or on the
+        CPU backend a CPU device slot (``labkit_cpu_device``) of an embedded worker node: each rank
+        is then its own process (a Ray actor of vLLM's Ray executor) on the node Ray chose.
     proxy_location : str
         ``"EveryNode"`` or ``"HeadOnly"``: where Serve runs HTTP proxies.
     coordinator : bool
@@ -176,14 +178,6 @@ class ServeConfig:
         for ok, name, msg in checks:
             if not ok:
                 raise ConfigError(msg, field=name, value=getattr(self, name))
-        if self.backend == "cpu" and self.devices_per_replica > 1:
-            msg = (
-                f"TP x PP = {self.tensor_parallel_size} x {self.pipeline_parallel_size} needs backend='gpu'. "
-                "On the CPU backend each replica is one engine (TP 1 x PP 1); use plan_placement(..., "
-                "backend='gpu') on a cluster with logical GPUs to study where TP x PP would land."
-            )
-            raise ConfigError(msg, field="backend", value=self.backend)
-
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a JSON-ready dict."""
         return asdict(self)

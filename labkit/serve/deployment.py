@@ -257,7 +257,10 @@ def _wait_until_ready(deployment: Deployment, timeout_s: float, started: float) 
         status = serve.status().applications.get(deployment.config.app_name)
         state = str(status.status) if status else "MISSING"
         if "DEPLOY_FAILED" in state or "UNHEALTHY" in state:
-            msg = f"Application '{deployment.config.app_name}' failed to deploy: {status.message or state}"
+            why = [status.message or state] + [
+                f"{name}: {dep.message}" for name, dep in status.deployments.items() if getattr(dep, "message", "")
+            ]
+            msg = f"Application '{deployment.config.app_name}' failed to deploy: {' | '.join(why)}"
             raise DeploymentError(msg)
         if "RUNNING" in state:
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from labkit.contracts import CPU_DEVICE_RESOURCE
 from labkit.errors import ConfigError, PlacementError
 from labkit.serve.config import ServeConfig
 
@@ -82,6 +83,20 @@ def plan_placement(config: ServeConfig, nodes: list[Any] | None = None) -> Place
     tp, pp = config.tensor_parallel_size, config.pipeline_parallel_size
     replicas = config.num_replicas
     cpu = config.cpus_per_replica
+    if config.backend == "cpu" and config.devices_per_replica > 1:
+        # A replica split over CPU device slots: one slot per rank, planned as GPUs are.
+        workers = [n for n in info if not n["is_head"]] or info
+        slots = {n["name"]: int(n.get("resources", {}).get(CPU_DEVICE_RESOURCE, 0)) for n in workers}
+        if not any(slots.values()):
+            msg = (
+                f"TP {tp} x PP {pp} on the CPU backend runs each rank on a CPU device slot "
+                f"('{CPU_DEVICE_RESOURCE}'), and no node of this cluster offers one. Start the embedded cluster "
+                "with cpu_devices_per_node >= 1 (the default is 2), or start your nodes with "
+                f"`ray start --resources '{{\"{CPU_DEVICE_RESOURCE}\": 2}}'`."
+            )
+            raise PlacementError(msg, needed={CPU_DEVICE_RESOURCE: tp * pp}, available=slots)
+        extra = {"labkit_worker": 0.001} if any("labkit_worker" in n.get("resources", {}) for n in info) else {}
+        return _plan_devices(config, slots, CPU_DEVICE_RESOURCE, "CPU device slot", extra)
     if config.backend == "cpu":
         workers = [n for n in info if not n["is_head"]] or info
         # The embedded cluster marks its workers with a custom resource: replicas go there and leave
@@ -131,25 +146,41 @@ def plan_placement(config: ServeConfig, nodes: list[Any] | None = None) -> Place
             f"{replicas} replicas, at most one per node.",
         )
     # GPU backend: one bundle per device; TP ranks share a node, PP stages go to other nodes.
-    gpus = {n["name"]: int(n["gpus"]) for n in info}
+    return _plan_devices(config, {n["name"]: int(n["gpus"]) for n in info}, "GPU", "GPU", {})
+
+
+def _plan_devices(
+    config: ServeConfig, devices_per_node: dict[str, int], key: str, word: str, extra: dict[str, float]
+) -> PlacementPlan:
+    """Plan TP x PP ranks on device bundles (``key``: ``GPU`` or the CPU device slot resource)."""
+    tp, pp = config.tensor_parallel_size, config.pipeline_parallel_size
+    replicas, cpu = config.num_replicas, config.cpus_per_replica
+    gpus = devices_per_node
     devices = tp * pp
     largest = max(gpus.values(), default=0)
     if tp > largest:
         msg = (
-            f"a replica needs {devices} GPUs (TP {tp} x PP {pp}); TP {tp} must fit inside one node but the largest "
-            f"node has {largest}. Lower tensor_parallel_size to <= {largest}."
+            f"a replica needs {devices} {word}s (TP {tp} x PP {pp}); TP {tp} must fit inside one node but the "
+            f"largest node has {largest}. Lower tensor_parallel_size to <= {largest}."
         )
-        raise PlacementError(msg, needed={"GPU": devices, "GPU_per_node": tp}, available=gpus)
+        raise PlacementError(msg, needed={key: devices, f"{key}_per_node": tp}, available=gpus)
     stage_slots = {k: v // tp for k, v in gpus.items()}
     total_stages = sum(stage_slots.values())
     if total_stages < pp * replicas:
         msg = (
-            f"a replica needs {devices} GPUs (TP {tp} x PP {pp}); the largest node has {largest} and PP across "
-            f"nodes needs {pp} pipeline stages of {tp} GPUs each per replica, {pp * replicas} for {replicas} "
-            f"replica(s); the cluster holds {total_stages} such stages ({gpus}). Add GPU nodes, lower "
+            f"a replica needs {devices} {word}s (TP {tp} x PP {pp}); the largest node has {largest} and PP across "
+            f"nodes needs {pp} pipeline stages of {tp} {word}s each per replica, {pp * replicas} for {replicas} "
+            f"replica(s); the cluster holds {total_stages} such stages ({gpus}). Add nodes, lower "
             "num_replicas, or lower TP x PP."
         )
-        raise PlacementError(msg, needed={"GPU": devices * replicas}, available=gpus)
+        raise PlacementError(msg, needed={key: devices * replicas}, available=gpus)
+    hosts = [k for k, v in stage_slots.items() if v > 0]
+    if tp == 1 and pp > 1 and len(hosts) < pp:
+        msg = (
+            f"PP {pp} across nodes puts each pipeline stage on its own node, but only {len(hosts)} node(s) offer a "
+            f"{word} ({hosts}). Add nodes or lower pipeline_parallel_size to <= {len(hosts)}."
+        )
+        raise PlacementError(msg, needed={"nodes": pp}, available={"nodes": len(hosts)})
     forecast: list[list[str]] = []
     free = dict(stage_slots)
     for _ in range(replicas):
@@ -162,14 +193,19 @@ def plan_placement(config: ServeConfig, nodes: list[Any] | None = None) -> Place
         forecast.append(stages)
     if devices == 1:
         return PlacementPlan([], "PACK", {"num_cpus": cpu, "num_gpus": 1}, None, forecast, "One GPU per replica.")
-    bundles = [{"CPU": cpu, "GPU": 1.0}] + [{"GPU": 1.0} for _ in range(devices - 1)]
+    bundles = [{"CPU": cpu, key: 1.0, **extra}] + [{key: 1.0} for _ in range(devices - 1)]
+    # One rank per bundle. With TP 1 every bundle is a pipeline stage: STRICT_SPREAD puts each on its own
+    # node. With TP > 1 a stage's ranks must share a node, which no single strategy says; PACK fills a
+    # node before the next, so stages cross nodes when a node holds exactly TP devices (the embedded
+    # default). describe_placement() shows where the ranks really ran.
+    strategy = "STRICT_SPREAD" if tp == 1 else "PACK"
     return PlacementPlan(
         bundles,
-        "PACK",
+        strategy,
         {"num_cpus": cpu},
         None,
         forecast,
-        f"Each replica reserves {devices} GPU bundles (TP {tp} x PP {pp}): TP ranks share a node, "
+        f"Each replica reserves {devices} {word} bundles (TP {tp} x PP {pp}, {strategy}): TP ranks share a node, "
         f"PP stages span {len(set(forecast[0]))} node(s).",
     )
 
@@ -199,12 +235,15 @@ def check_memory(config: ServeConfig, available_bytes: int | None = None) -> dic
 
         available_bytes = psutil.virtual_memory().available
     per_engine = config.kv_cache_gib + 1.5 if config.backend == "cpu" else 1.0  # process + weights + kv
-    needed = per_engine * config.num_replicas
+    # On CPUs every TP x PP rank is a process of its own with its own KV cache.
+    ranks = config.devices_per_replica if config.backend == "cpu" else 1
+    needed = per_engine * config.num_replicas * ranks
     avail = available_bytes / _GIB
     if needed > avail:
         msg = (
-            f"{config.num_replicas} engines need about {needed:.1f} GiB ({config.kv_cache_gib:g} GiB KV cache + "
-            f"~1.5 GiB each) but {avail:.1f} GiB is available. Lower num_replicas or kv_cache_gib."
+            f"{config.num_replicas} engines need about {needed:.1f} GiB ({ranks} rank(s) each, "
+            f"{config.kv_cache_gib:g} GiB KV cache + ~1.5 GiB per rank) but {avail:.1f} GiB is available. "
+            "Lower num_replicas or kv_cache_gib."
         )
         raise ConfigError(msg, field="num_replicas", value=config.num_replicas)
     return {"needed_gib": needed, "available_gib": avail}
