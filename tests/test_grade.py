@@ -565,3 +565,70 @@ def test_a_summary_needs_its_raw_samples_in_the_log(tmp_path: Path) -> None:
     assert {f.message.split("'")[1].split(".")[1] for f in found if f.code == "percentile_mismatch"} == {"first_run"}
     write(tmp_path, "a.json", _log_of_runs(all_runs, all_runs))  # records={run name: records}
     assert grade_directory(tmp_path, now=NOW).rows[0].flags == ()
+
+
+# ------------------------------------------------------------------------------------------ outputs, learner id, verify
+
+
+def test_csv_cells_that_start_a_formula_after_any_delimiter_are_defused(tmp_path: Path) -> None:
+    evil = copy.deepcopy(ALICE)
+    evil["learner_id"] = "bob;=cmd|' /C calc'!A0"
+    evil["exercise"] = "x,+SUM(1)\t@A1|-2"
+    write(tmp_path / "logs", "evil.json", rehash(evil))
+    paths = grade_directory(tmp_path / "logs", now=NOW).write(tmp_path / "out")
+    for name in ("gradebook", "findings"):
+        for row in csv.reader(paths[name].open(encoding="utf-8")):
+            for cell in row:
+                for delimiter in (",", ";", "\t", "|", "\n"):
+                    for part in cell.split(delimiter):
+                        assert part.lstrip()[:1] not in ("=", "+", "-", "@"), (name, cell)
+    learner = next(csv.DictReader(paths["gradebook"].open(encoding="utf-8")))["learner_id"]
+    assert learner == "bob;'=cmd|' /C calc'!A0"
+
+
+def test_secrets_in_a_log_never_reach_the_gradebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADER_API_TOKEN", "planted-grader-token-value")
+    evil = copy.deepcopy(ALICE)
+    evil["learner_id"] = "eve ghp_planted0123 planted-grader-token-value"
+    evil["outputs"]["summaries"]["https://user:planted-url-pw@example.invalid"] = {"metric": "x", "p50": 1.0}
+    write(tmp_path / "logs", "evil.json", rehash(evil))
+    book = grade_directory(tmp_path / "logs", now=NOW)
+    paths = book.write(tmp_path / "out")
+    for path in paths.values():
+        text = path.read_text(encoding="utf-8")
+        for secret in ("ghp_planted0123", "planted-grader-token-value", "planted-url-pw"):
+            assert secret not in text, (path.name, secret)
+    assert "planted-url-pw" not in book._repr_html_()
+
+
+def test_an_anonymous_run_gets_one_warning_that_says_how_to_set_the_id(tmp_path: Path) -> None:
+    anonymous = copy.deepcopy(ALICE)
+    anonymous["learner_id"] = "anonymous"
+    write(tmp_path, "a.json", rehash(anonymous))
+    found = [f for f in grade_directory(tmp_path, now=NOW).findings if f.severity != "info"]
+    assert [f.code for f in found] == ["anonymous_learner"]
+    assert "learner_id" in found[0].message and "LABKIT_LEARNER_ID" in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        ("{}", ["schema_version", "learner_id", "samples", "integrity"]),
+        ('{"schema_version": 1, "learner_id": "bob"}', ["log_id", "exercise", "timing", "samples"]),
+        ('{"out_dir": "runs/1", "ok": true}', ["schema_version", "learner_id"]),
+    ],
+)
+def test_verify_fails_a_file_that_is_not_a_complete_log(
+    payload: str, words: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "x.json", payload)
+    assert main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "incomplete_log" in out and "labkit.checkpoint" in out
+    assert all(w in out for w in words), out
+    incomplete = copy.deepcopy(ALICE)
+    del incomplete["timing"]["started_at"], incomplete["kit"]
+    write(tmp_path, "y.json", rehash(incomplete))
+    found = grade.verify_logs([tmp_path / "y.json"], now=NOW)[(tmp_path / "y.json").as_posix()]
+    message = next(f.message for f in found if f.code == "incomplete_log")
+    assert "kit" in message and "timing.started_at" in message

@@ -20,6 +20,7 @@ from labkit.cli import main
 from labkit.errors import ConfigError, RecordError
 from labkit.load import RequestRecord
 from labkit.record import VerificationLog, build_log, checkpoint, is_secret_name
+from labkit.record.redaction import redact_text
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = {"name": "labkit", "version": "0.1.0", "git_commit": None, "git_dirty": None}
@@ -273,6 +274,9 @@ PLANTED = {
     "MY_CREDENTIALS": "user:planted-credential-value",
     "VLLM_API_KEY": "planted-vllm-api-key-value",
     "LABKIT_SECRET": "planted-labkit-secret-value",
+    "LABKIT_GITHUB_PAT": "planted-github-pat-value",
+    "RAY_REDIS_PW": "planted-redis-pw-value",
+    "REDIS_PASS": "planted-redis-pass-value",
 }
 
 
@@ -288,6 +292,12 @@ def test_planted_secrets_never_reach_the_log(monkeypatch: pytest.MonkeyPatch, tm
         "argv": ["--api-key", "planted-cli-key-value", "--port", "8000"],
         "url": "https://alice:planted-url-password@example.invalid/v1?api_key=planted-query-key&x=1",
         "shell": "HF_TOKEN=planted-inline-token python run.py",
+        "short": "ghp_short123",  # a short (made-up) GitHub token shape
+        "fine_grained": "github_pat_planted0123456789",
+        "aws": "AKIAPLANTED0123456789"[:20],
+        "headers": ["Authorization: Basic cGxhbnRlZDpwbGFudGVkLWJhc2ljLXB3", "X-Api-Key: planted-header-key"],
+        "clone": "https://planted-userinfo-token@example.invalid/repo.git",
+        "notes": "password: planted-colon-password",
         "max_tokens": 64,
         "output_tokens": 32,
     }
@@ -315,6 +325,13 @@ def test_planted_secrets_never_reach_the_log(monkeypatch: pytest.MonkeyPatch, tm
         "planted-url-password",
         "planted-query-key",
         "planted-inline-token",
+        "ghp_short123",
+        "github_pat_planted0123456789",
+        "AKIAPLANTED012345678",
+        "cGxhbnRlZDpwbGFudGVkLWJhc2ljLXB3",
+        "planted-header-key",
+        "planted-userinfo-token",
+        "planted-colon-password",
     ]
     for value in planted:
         assert value.encode() not in raw, value
@@ -348,10 +365,63 @@ def test_planted_secrets_never_reach_the_log(monkeypatch: pytest.MonkeyPatch, tm
         ("token_source", False),
         ("rate_rps", False),
         ("learner_id", False),
+        ("LABKIT_GITHUB_PAT", True),
+        ("RAY_REDIS_PW", True),
+        ("REDIS_PASS", True),
+        ("DB_PASSPHRASE", True),
+        ("DB_PWD", True),
+        ("Authorization", True),
+        ("x-api-key", True),
+        ("apikey", True),
+        ("num_key_value_heads", False),
+        ("numKeyValueHeads", False),
+        ("kv_cache_gib", False),
+        ("token_ids", False),
+        ("output_tokens_per_s", False),
+        ("PWD", False),
+        ("OLDPWD", False),
+        ("bypass", False),
+        ("passed", False),
+        ("path", False),
+        ("patience", False),
+        ("author", False),
     ],
 )
 def test_secret_names(name: str, secret: bool) -> None:
     assert is_secret_name(name) is secret
+
+
+def test_model_shapes_are_not_mistaken_for_secrets() -> None:
+    config = {"num_key_value_heads": 8, "num_attention_heads": 32, "key_value_dim": 128, "max_tokens": 64}
+    assert record.redact({"model": {"config": config}}, environ={})[0]["model"]["config"] == config
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the token generation took 3 s",
+        "basic understanding of things",
+        "Basic dGVzdA==",  # base64 of "test": no user:password in it
+        "see https://example.invalid/a@b",
+        "hf_transfer is enabled",
+        "first_token_s: 0.25",
+        "sk-learn",
+    ],
+)
+def test_ordinary_text_is_not_redacted(text: str) -> None:
+    assert redact_text(text, environ={}) == text
+
+
+def test_secret_env_values_stay_out_of_labkit_env(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in PLANTED.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LABKIT_NOTE", f"uses {PLANTED['RAY_REDIS_PW']} and ghp_short123")  # allow-listed name
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for value in [*PLANTED.values(), "ghp_short123"]:
+        assert value not in out, value
 
 
 def test_record_environment_never_copies_the_whole_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,8 @@ import dataclasses
 import html
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from labkit.errors import GradingError
 from labkit.grade.checks import _hardware_gpus
 from labkit.grade.loader import _dict, _get, _num
 from labkit.grade.rubric import _CATEGORIES, _SEVERITY_ORDER, FINDING_CODES, Finding, Rubric, _clean
+from labkit.record.redaction import _redact_string, _secret_env_values
 
 __all__ = ["GradeRow", "Gradebook"]
 
@@ -70,11 +72,24 @@ _CSV_COLUMNS = (
 )
 
 
-def _csv_safe(value: Any) -> Any:
-    """Defuse spreadsheet formulas in strings that came from a log."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+# A formula starts with one of these (ASCII or full-width) at the start of a cell, and a
+# spreadsheet that splits on another delimiter (";" in many locales, tab, "|") starts a cell after it.
+_FORMULA = re.compile(r"(^|[,;\t|\r\n]\s*)(?=[=+\-@\uff1d\uff0b\uff0d\uff20])")
+
+
+def _csv_safe(value: Any, secrets: Sequence[str] = ()) -> Any:
+    """Defuse spreadsheet formulas (after any delimiter) and secrets in strings from a log."""
+    if not isinstance(value, str):
+        return value
+    value = _redact_string(value, secrets)
+    if value[:1] in ("\t", "\r"):
+        value = "'" + value
+    return _FORMULA.sub(lambda m: m.group(1) + "'", value)
+
+
+def _safe_html(value: Any, secrets: Sequence[str] = ()) -> str:
+    """Escape a string for HTML with secrets redacted."""
+    return html.escape(_redact_string(str(value), secrets))
 
 
 def _hardware_text(data: Mapping[str, Any]) -> str:
@@ -124,6 +139,7 @@ class Gradebook:
         return self._rows_table()
 
     def _rows_table(self) -> str:
+        secrets = _secret_env_values(os.environ)
         head = "".join(f"<th>{html.escape(c)}</th>" for c in _CSV_COLUMNS)
         body = []
         for r in self.rows:
@@ -142,7 +158,7 @@ class Gradebook:
                 elif isinstance(value, float):
                     cells.append(f"<td class='num'>{value:.{1 if name == 'score' else 2}f}</td>")
                 else:
-                    cells.append(f"<td>{html.escape(str(value))}</td>")
+                    cells.append(f"<td>{_safe_html(value, secrets)}</td>")
             css = " class='flagged'" if r.flags else ""
             body.append(f"<tr{css}>{''.join(cells)}</tr>")
         return f"<table class='grades'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -156,10 +172,11 @@ class Gradebook:
             A standalone HTML page; every string from a log is escaped.
         """
         esc = html.escape
+        secrets = _secret_env_values(os.environ)
         findings = "".join(
-            f"<tr class='{esc(f.severity)}'><td>{esc(f.file)}</td><td>{esc(f.severity)}</td>"
+            f"<tr class='{esc(f.severity)}'><td>{_safe_html(f.file, secrets)}</td><td>{esc(f.severity)}</td>"
             f"<td>{esc(f.code)}</td>"
-            f"<td>{esc(f.message)}</td></tr>"
+            f"<td>{_safe_html(f.message, secrets)}</td></tr>"
             for f in sorted(self.findings, key=lambda f: (f.file, _SEVERITY_ORDER[f.severity], f.code))
         )
         penalties, caps = self.rubric["penalties"], self.rubric["caps"]
@@ -180,8 +197,8 @@ td.num {{ text-align: right; }} tr.flagged td {{ background: #fff4e5; }} tr.erro
 tr.info td {{ color: #666; }} abbr {{ text-decoration: underline dotted; }}
 </style></head><body>
 <h1>Gradebook</h1>
-<p>Folder: {esc(self.source)} &middot; graded {esc(self.graded_at)} &middot; {len(self.rows)} rows &middot;
-mean score {mean} &middot; {sum(1 for r in self.rows if r.flags)} flagged &middot;
+<p>Folder: {_safe_html(self.source, secrets)} &middot; graded {esc(self.graded_at)} &middot;
+{len(self.rows)} rows &middot; mean score {mean} &middot; {sum(1 for r in self.rows if r.flags)} flagged &middot;
 rubric {esc(self.rubric.source)} (weights: {esc(weights)}).</p>
 <p>Each row is one learner and exercise; scores are 0..1 per category and 0..100 overall. Hover a flag for
 its meaning; the glossary below lists penalties and caps.</p>
@@ -222,6 +239,7 @@ its meaning; the glossary below lists penalties and caps.</p>
             "findings": out / "findings.csv",
             "report": out / "report.html",
         }
+        secrets = _secret_env_values(os.environ)
         try:
             out.mkdir(parents=True, exist_ok=True)
             with paths["gradebook"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
@@ -233,12 +251,13 @@ its meaning; the glossary below lists penalties and caps.</p>
                     for k in ("completeness", "consistency", "plausibility"):
                         d[k] = round(d[k], 3)
                     d["score"] = round(d["score"], 1)
-                    writer.writerow([_csv_safe(d[c]) for c in _CSV_COLUMNS])
+                    writer.writerow([_csv_safe(d[c], secrets) for c in _CSV_COLUMNS])
             with paths["findings"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(("file", "severity", "category", "code", "message"))
                 for f in self.findings:
-                    writer.writerow([_csv_safe(x) for x in (f.file, f.severity, f.category, f.code, f.message)])
+                    row = (f.file, f.severity, f.category, f.code, f.message)
+                    writer.writerow([_csv_safe(x, secrets) for x in row])
             paths["report"].write_text(self.to_html(), encoding="utf-8", errors="backslashreplace")
         except OSError as err:
             msg = f"Cannot write the gradebook to '{out}': {err}. Pick a writable --out folder."

@@ -16,6 +16,7 @@ __all__ = [
     "REDACTED",
     "is_secret_name",
     "redact",
+    "redact_text",
 ]
 
 REDACTED = "[REDACTED]"
@@ -24,30 +25,61 @@ REDACTED = "[REDACTED]"
 # Secrets: redact by name and by value
 # --------------------------------------------------------------------------------------------
 
-_SECRET_NAME = re.compile(r"token|key|secret|passw(?:or)?d|credential", re.IGNORECASE)
-# Words that contain "token"/"key" but name counts or timings, never credentials.
-_BENIGN_NAME = re.compile(
-    r"tokens|tokeni[sz]\w*|token_source|(?:first|last|next|per|inter)_?token|token_?ids?"
-    r"|keyboard|keyword|monkey",
-    re.IGNORECASE,
-)
+# A name is split into words (snake, kebab, dotted and camelCase): HF_TOKEN -> hf token,
+# accessToken -> access token, num_key_value_heads -> num key value heads.
+_SECRET_WORDS = frozenset(
+    {
+        "token", "secret", "secrets", "password", "passwd", "passphrase", "passcode", "pass", "pw", "pat",
+        "credential", "credentials", "creds", "auth", "authorization", "bearer", "cookie", "apikey", "key", "keys",
+    }
+)  # fmt: skip
+_SECRET_ENDINGS = ("token", "secret", "password", "passwd", "passphrase", "apikey", "auth", "key", "pass")
+# Words that end like a secret word but are not one.
+_BENIGN_WORDS = frozenset(
+    {"monkey", "turkey", "donkey", "hockey", "jockey", "whiskey", "bypass", "compass", "overpass", "underpass",
+     "surpass", "trespass", "encompass", "author"}
+)  # fmt: skip
+# (word, next word) pairs that count or time tokens or name model shapes, never credentials.
+_BENIGN_PAIRS = frozenset(
+    {("token", "s"), ("token", "id"), ("token", "ids"), ("token", "source"), ("token", "count"),
+     ("key", "value"), ("key", "values"), ("keys", "values")}
+)  # fmt: skip
+_BENIGN_BEFORE = frozenset({"first", "last", "next", "per", "inter", "sort", "primary", "partition", "cache", "dict"})
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 _SECRET_VALUE = re.compile(
-    r"\b(?:sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
-    r"|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}"
-    r"|AIza[0-9A-Za-z_\-]{30,})"
+    r"(?<![A-Za-z0-9])(?:sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_\-]{12,}"
+    r"|hf_(?=[A-Za-z0-9]*[A-Z0-9])[A-Za-z0-9]{10,}"
+    r"|gh[pousr]_[A-Za-z0-9]{6,}|github_pat_[A-Za-z0-9_]{10,}"
+    r"|xox[abprs]-[A-Za-z0-9\-]{10,}|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}|glpat-[A-Za-z0-9_\-]{10,})"
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"
+    r"|(?i:token)\s+(?=[A-Za-z0-9._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{16,}"
 )
-_URL_USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
+_BASIC = re.compile(r"(?i:basic)\s+([A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])")
+_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|x-auth-token|private-token|(?:set-)?cookie)(\s*[:=]\s*)"
+    r"[^\r\n\"']+"
+)
+_URL_USERINFO = re.compile(r"(?<=://)[^/\s@?#]+@")
 _ASSIGNMENT = re.compile(r"(--?[A-Za-z][\w\-]*|\b[A-Za-z_][\w.]*)=([^\s&#;,]+)")
+_COLON_ASSIGNMENT = re.compile(r"\b([A-Za-z_][\w.\-]*)([\"']?\s*:\s*[\"']?)([^\s\"',;}]+)")
 _MIN_SECRET_LEN = 6
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in _WORD_SPLIT.split(_CAMEL.sub("_", name).lower()) if w]
 
 
 def is_secret_name(name: str) -> bool:
     """Say whether a variable or key name looks like it holds a secret.
 
-    Names containing TOKEN, KEY, SECRET, PASSWORD (or PASSWD) or CREDENTIAL, in any case and
-    anywhere in the name, are secret; words that only count or time tokens (``max_tokens``,
-    ``output_tokens``, ``first_token_s``, ``tokenizer``) are not.
+    The name is split into words (``HF_TOKEN``, ``accessToken``, ``--api-key``). It is secret
+    when a word is TOKEN, KEY, SECRET, PASSWORD / PASSWD / PASSPHRASE / PASS, PW, PAT,
+    CREDENTIAL(S), AUTH / AUTHORIZATION, BEARER or COOKIE, or ends like one (``apikey``,
+    ``authtoken``, ``dbpassword``), or is PWD after another word (``DB_PWD``, not ``PWD``).
+    Words that count or time tokens or name model shapes are not secrets: ``max_tokens``,
+    ``output_tokens``, ``first_token_s``, ``token_ids``, ``tokenizer``,
+    ``num_key_value_heads``, ``sort_key``, ``bypass``, ``passed``.
 
     Parameters
     ----------
@@ -59,7 +91,17 @@ def is_secret_name(name: str) -> bool:
     bool
         True when values under this name must never be written.
     """
-    return bool(_SECRET_NAME.search(_BENIGN_NAME.sub("", str(name))))
+    words = _words(str(name)[:200])
+    for i, word in enumerate(words):
+        if word in _BENIGN_WORDS:
+            continue
+        after = words[i + 1] if i + 1 < len(words) else ""
+        before = words[i - 1] if i else ""
+        if (word, after) in _BENIGN_PAIRS or (word in ("token", "key") and before in _BENIGN_BEFORE):
+            continue
+        if word in _SECRET_WORDS or word.endswith(_SECRET_ENDINGS) or (word == "pwd" and i > 0):
+            return True
+    return False
 
 
 def _secret_env_values(environ: Mapping[str, str]) -> list[str]:
@@ -67,13 +109,53 @@ def _secret_env_values(environ: Mapping[str, str]) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+def _basic(match: re.Match[str]) -> str:
+    """Redact ``Basic <base64>`` when the base64 holds ``user:password``."""
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(match.group(1) + "=" * (-len(match.group(1)) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return match.group(0)
+    return "Basic " + REDACTED if b":" in decoded else match.group(0)
+
+
 def _redact_string(text: str, secrets: Sequence[str]) -> str:
     for value in secrets:
         if value in text:
             text = text.replace(value, REDACTED)
+    text = _HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     text = _SECRET_VALUE.sub(REDACTED, text)
+    text = _BASIC.sub(_basic, text)
     text = _URL_USERINFO.sub(REDACTED + "@", text)
-    return _ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}" if is_secret_name(m.group(1)) else m.group(0), text)
+    text = _ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}" if is_secret_name(m.group(1)) else m.group(0), text)
+    return _COLON_ASSIGNMENT.sub(
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}{REDACTED}"
+            if is_secret_name(m.group(1)) and m.group(3) != REDACTED.strip("[]")
+            else m.group(0)
+        ),
+        text,
+    )
+
+
+def redact_text(text: str, *, environ: Mapping[str, str] | None = None) -> str:
+    """Return text with every secret replaced by ``REDACTED`` (the rules of :func:`redact`).
+
+    Parameters
+    ----------
+    text : str
+        Any text (a message, a CSV cell).
+    environ : mapping, optional
+        Environment whose secret-named values are searched for; ``os.environ`` when omitted.
+
+    Returns
+    -------
+    str
+        The text, secrets replaced.
+    """
+    return _redact_string(text, _secret_env_values(os.environ if environ is None else environ))
 
 
 def redact(data: Any, *, environ: Mapping[str, str] | None = None) -> tuple[Any, list[str]]:
@@ -82,8 +164,9 @@ def redact(data: Any, *, environ: Mapping[str, str] | None = None) -> tuple[Any,
     A value is a secret when its key is a secret name (:func:`is_secret_name`, at any depth),
     when it follows a secret flag in a list (``["--api-key", "..."]``), when it contains the
     value of a secret-named environment variable, or when it looks like a credential
-    (``sk-...``, ``hf_...``, ``ghp_...``, ``AKIA...``, ``Bearer ...``, ``user:pass@`` in a URL,
-    ``NAME=value`` with a secret NAME).
+    (``sk-...``, ``hf_...``, ``ghp_...``, ``github_pat_...``, ``AKIA...``, ``Bearer ...``,
+    ``Basic <base64 of user:password>``, an ``Authorization:`` or ``X-Api-Key:`` header, any
+    user-info in a URL, ``NAME=value`` or ``NAME: value`` with a secret NAME).
 
     Parameters
     ----------
