@@ -22,7 +22,17 @@ from typing import Any
 
 from labkit.errors import ConfigError
 
-__all__ = ["ExperimentResult", "TopologyRun", "compare_topologies", "load_panel", "run_topology", "sweep_topologies"]
+__all__ = [
+    "DecodeRun",
+    "ExperimentResult",
+    "TopologyRun",
+    "compare_decode",
+    "compare_topologies",
+    "load_panel",
+    "measure_decode",
+    "run_topology",
+    "sweep_topologies",
+]
 
 # The claim's numbers, named once (the notebook prints them beside the result).
 TAIL_RATIO_FACTOR = 2.0  # gated p99/p50 must be >= this x the distributed one's
@@ -338,6 +348,142 @@ def sweep_topologies(doors: Mapping[str, str], rates_rps: Sequence[float], **kwa
     for name, url in doors.items():
         out[name] = [run_topology(name, url, rate_rps=rate, **kwargs).result for rate in sorted(rates_rps)]
     return out
+
+
+@dataclass
+class DecodeRun:
+    """Time per output token of one deployment, one request at a time (no queueing, no batching)."""
+
+    name: str
+    result: Any
+    tpot_p50_s: float | None
+    tpot_p95_s: float | None
+    ttft_p50_s: float | None
+    tokens_per_s: float | None
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (records not included)."""
+        return {
+            "name": self.name,
+            "n": self.n,
+            "tpot_p50_s": self.tpot_p50_s,
+            "tpot_p95_s": self.tpot_p95_s,
+            "ttft_p50_s": self.ttft_p50_s,
+            "tokens_per_s": self.tokens_per_s,
+        }
+
+
+def measure_decode(
+    name: str,
+    url: str,
+    *,
+    requests: int = 6,
+    max_tokens: int = 64,
+    prompt_tokens: int = 32,
+    warmup_requests: int = 1,
+    timeout_s: float = 120.0,
+) -> DecodeRun:
+    """Measure time per output token with one request at a time (a closed loop of one user).
+
+    One request in flight means no batching and no queue: the time between streamed tokens is
+    the engine's own step time, plus, for a replica split with PP, the hop between stages.
+
+    Parameters
+    ----------
+    name : str
+        Label of the deployment (``"PP 2"``...).
+    url : str
+        Base URL of the deployment.
+    requests : int
+        Measured requests (after ``warmup_requests``).
+    max_tokens, prompt_tokens : int
+        Request shape; every answer is ``max_tokens`` long (``ignore_eos``).
+    warmup_requests : int
+        Requests sent first and left out.
+    timeout_s : float
+        Per-request time-out.
+
+    Returns
+    -------
+    DecodeRun
+        p50 / p95 time per output token, p50 time to first token, and the tokens per second of one
+        request at the p50 (``1 / tpot_p50``).
+
+    Raises
+    ------
+    ConfigError
+        If ``requests`` < 1 or ``max_tokens`` < 2 (one token has no time between tokens).
+    """
+    if requests < 1 or max_tokens < 2:
+        msg = f"requests={requests!r} must be >= 1 and max_tokens={max_tokens!r} >= 2 to time tokens."
+        raise ConfigError(msg, field="requests" if requests < 1 else "max_tokens", value=min(requests, max_tokens))
+    from labkit.load import LoadConfig, run_load
+
+    config = LoadConfig(
+        url=url,
+        arrival="closed",
+        users=1,
+        num_requests=requests,
+        warmup_requests=warmup_requests,
+        max_tokens=max_tokens,
+        prompt_tokens=prompt_tokens,
+        ignore_eos=True,
+        temperature=0.0,
+        timeout_s=timeout_s,
+        hard_stop_s=(requests + warmup_requests) * timeout_s,
+    )
+    result = run_load(config, progress=False)
+    summary = result.summary()
+
+    def pct(metric: str, q: str) -> float | None:
+        m = summary.metrics.get(metric)
+        value = m.percentiles.get(q) if m is not None else None
+        return float(value) if value is not None and value == value else None
+
+    tpot = pct("tpot", "p50")
+    return DecodeRun(
+        name=name,
+        result=result,
+        tpot_p50_s=tpot,
+        tpot_p95_s=pct("tpot", "p95"),
+        ttft_p50_s=pct("ttft", "p50"),
+        tokens_per_s=(1.0 / tpot) if tpot else None,
+        n=sum(1 for r in result.records if not r.warmup and r.status == "ok"),
+    )
+
+
+def compare_decode(split: DecodeRun, whole: DecodeRun) -> dict[str, Any]:
+    """Compare the time per output token of a split replica with a one-process replica.
+
+    Parameters
+    ----------
+    split, whole : DecodeRun
+        The replica split over nodes, and one on a single node.
+
+    Returns
+    -------
+    dict
+        ``ratio`` (split / whole p50), ``added_ms`` (per token) and ``sentence``: what the numbers
+        say, and only that.
+    """
+    a, b = split.tpot_p50_s, whole.tpot_p50_s
+    if not a or not b:
+        return {"ratio": None, "added_ms": None, "sentence": "Time per output token was not measured for both."}
+    ratio, added = a / b, (a - b) * 1e3
+    if ratio >= 1.05:
+        what = f"{added:.1f} ms more per output token ({ratio:.2f}x): the hop between the stages and the work split"
+        what += " over two processes cost more than they saved"
+    elif ratio <= 0.95:
+        what = f"{-added:.1f} ms less per output token ({ratio:.2f}x): splitting the layers saved more than"
+        what += " the hop cost"
+    else:
+        what = f"about the same time per output token ({ratio:.2f}x, within 5%)"
+    sentence = (
+        f"{split.name} took {a * 1e3:.1f} ms per output token (p50 of {split.n} requests) and {whole.name} "
+        f"{b * 1e3:.1f} ms (p50 of {whole.n}): {what}."
+    )
+    return {"ratio": ratio, "added_ms": added, "sentence": sentence}
 
 
 def load_panel(

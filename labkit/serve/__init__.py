@@ -48,17 +48,21 @@ from labkit.serve.deployment import post_json as post_json
 from labkit.serve.metrics import fetch_metrics, list_replicas
 from labkit.serve.metrics import list_proxies as list_proxies
 from labkit.serve.placement import PlacementPlan, check_memory, plan_placement, reserve_placement
+from labkit.serve.ranks import Placement, check_placement, describe_placement
 
 __all__ = [
     "PRESETS",
     "ROUTERS",
     "Deployment",
+    "Placement",
     "PlacementPlan",
     "ServeConfig",
     "build_llm_config",
     "check_memory",
+    "check_placement",
     "deploy",
     "deploy_coordinator",
+    "describe_placement",
     "fetch_metrics",
     "list_replicas",
     "plan_placement",
