@@ -16,6 +16,15 @@ from typing import Any
 
 from labkit.grade.budget import BudgetExceeded, active_budget, budget, tick
 from labkit.grade.consistency import _check_summaries, _check_times, _iter_summaries, _normalize_metric
+from labkit.grade.evidence import (
+    _check_claim,
+    _check_cluster,
+    _check_derived,
+    _check_hardware,
+    _check_placement,
+    _check_sample_fields,
+    _int,
+)
 from labkit.grade.loader import LoadedLog, _dict, _get, _list, _num, _Table
 from labkit.grade.rubric import _CATEGORIES, Finding, Rubric, load_rubric
 from labkit.record import compute_log_hash, load_schema, validate_log
@@ -34,6 +43,19 @@ def _hardware_gpus(data: Mapping[str, Any]) -> tuple[list[str], int]:
     tick(len(nodes))
     cluster = sum(min(_num(_get(n, "resources.GPU")) or 0, 1e6) for n in nodes)
     return names, max(len(names), int(min(cluster, 1e9)))
+
+
+def _weight_bytes(data: Mapping[str, Any]) -> float:
+    """The most the recorded model can weigh by its size fields, or by parameters x bytes each."""
+    config = _dict(_get(data, "model.config"))
+    dtype = str(config.get("torch_dtype", config.get("dtype", "")))[:20].lower()
+    per_param = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}.get(dtype, 0.5)  # unknown: as if 4-bit
+    if "quantization_config" in config:
+        per_param = 0.5
+    params = [_num(_get(data, "model.parameters_estimate")), _num(_get(data, "constraints.model_parameters"))]
+    sizes = [_num(_get(data, "model.size_bytes")), _num(_get(data, "constraints.model_size_bytes"))]
+    sizes += [p * per_param for p in params if p is not None]
+    return max([min(v, 1e15) for v in sizes if v is not None and v > 0] or [0.0])
 
 
 def _check_plausibility(data: Mapping[str, Any], table: _Table, rubric: Rubric, file: str) -> list[Finding]:
@@ -76,26 +98,24 @@ def _check_plausibility(data: Mapping[str, Any], table: _Table, rubric: Rubric, 
                 file,
             )
         )
-    # Latency floor from the recorded hardware.
-    device = "gpu" if gpu_count else "cpu"
+    # Latency floor from the recorded hardware: one request is served by one replica, whose
+    # tensor-parallel ranks read the weights in parallel and whose pipeline stages read them in turn.
+    backend = str(_get(data, "constraints.backend", ""))[:10].lower()
+    device = "gpu" if gpu_count and backend != "cpu" else "cpu"  # a CPU run is held to CPU floors, GPUs or not
     bandwidth = rules["memory_bandwidth_bytes_per_s"]
+    tp = _int(_get(data, "parameters.tensor_parallel_size")) or _int(
+        _get(data, "outputs.placement.tensor_parallel_size")
+    )
     if device == "gpu":
         per_gpu = bandwidth["gpu_default"]
         for pattern, value in bandwidth["gpu_by_name"].items():
             if gpu_names and pattern.lower() in gpu_names[0].lower():
                 per_gpu = value
                 break
-        total_bw = per_gpu * gpu_count
+        total_bw = per_gpu * (min(tp, gpu_count) if tp else gpu_count)
     else:
-        total_bw = bandwidth["cpu_per_node"] * max(1, nodes)
-    weights = max(
-        [
-            v
-            for v in (_num(_get(data, "model.size_bytes")), _num(_get(data, "constraints.model_size_bytes")))
-            if v is not None
-        ]
-        or [0.0]
-    )
+        total_bw = bandwidth["cpu_per_node"] * (tp or 1)
+    weights = _weight_bytes(data)
     token_floor = max(rules["min_token_s"][device], weights / total_bw if total_bw else 0.0)
     c, fast, ok = table.cols, 0, 0
     floor_min = math.inf
@@ -350,6 +370,12 @@ def _assess(loaded: LoadedLog, rubric: Rubric, now: dt.datetime) -> tuple[list[F
             ("summaries", lambda: _check_summaries(data, table(), rubric, file)),
             ("timestamps", lambda: _check_times(data, table(), rubric, file, now)),
             ("nodes", lambda: _check_nodes_used(data, table(), file)),
+            ("derived values", lambda: _check_derived(data, table(), rubric, file)),
+            ("claim", lambda: _check_claim(data, table(), rubric, file)),
+            ("request fields", lambda: _check_sample_fields(data, table(), rubric, file)),
+            ("hardware", lambda: _check_hardware(data, table(), rubric, file)),
+            ("cluster", lambda: _check_cluster(data, table(), rubric, file)),
+            ("placement", lambda: _check_placement(data, table(), rubric, file)),
             ("plausibility", lambda: _check_plausibility(data, table(), rubric, file)),
             ("completeness", complete),
         ],

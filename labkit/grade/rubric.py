@@ -97,6 +97,41 @@ FINDING_CODES: dict[str, tuple[str, str, str]] = {
     ),
     "other_attempt": ("completeness", "info", "Another attempt of the same learner and exercise was graded."),
     "grader_error": ("input", "error", "The grader hit an unexpected case on this file (please report it)."),
+    "derived_value_mismatch": (
+        "consistency",
+        "error",
+        "Counts, rates or percentiles under outputs (run summaries, diagnoses, tables) do not follow from the samples.",
+    ),
+    "claim_mismatch": (
+        "consistency",
+        "error",
+        "outputs.claim (tail ratios, factor, verdicts, holds) does not follow from the log's runs and samples.",
+    ),
+    "sample_fields_missing": (
+        "consistency",
+        "error",
+        "Successful requests without a first token or token count among ones that have them (a failure edited).",
+    ),
+    "latency_contradicts_telemetry": (
+        "plausibility",
+        "error",
+        "The engines' recorded activity needs more requests in flight than the samples' latencies allow.",
+    ),
+    "hardware_inconsistent": (
+        "plausibility",
+        "error",
+        "The recorded GPUs contradict the driver, the GPU source, the constraints or the run's own GPU readings.",
+    ),
+    "cluster_inconsistent": (
+        "plausibility",
+        "error",
+        "The recorded cluster contradicts itself (repeated nodes, heads, counts, requests served elsewhere).",
+    ),
+    "placement_wrong": (
+        "plausibility",
+        "error",
+        "outputs.placement breaks tensor/pipeline parallelism rules or names nodes outside the cluster.",
+    ),
     "check_budget_exceeded": (
         "input",
         "error",
