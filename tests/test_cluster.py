@@ -112,3 +112,126 @@ def test_a_worker_past_rays_30_s_wait_is_waited_for_not_fatal():
     with pytest.raises(ValueError, match="bad argument"):
         _add_worker(BrokenCluster(), {}, "worker-2", slow)
     assert slow == ["worker-1"]
+
+
+# -- quiet, complete teardown ---------------------------------------------------------------------
+
+
+def test_expected_serve_teardown_message_is_dropped_and_other_lines_pass():
+    import io
+
+    from labkit.cluster.handle import _LineFilter
+
+    out = io.StringIO()
+    stream = _LineFilter(out)
+    stream.write(
+        "\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed. There are infinite retries "
+        "remaining, so the task will be retried. Error: The actor is dead because it was killed by `ray.kill`.\n"
+    )
+    stream.write("(raylet) a real problem\npartial ")
+    stream.write("line\n")
+    stream.flush()
+    assert out.getvalue() == "(raylet) a real problem\npartial line\n"
+
+
+def test_ray_address_file_never_names_a_stopped_cluster(tmp_path, monkeypatch):
+    from labkit.cluster import processes
+
+    file = tmp_path / "ray_current_cluster"
+    alive = {"10.0.0.1:1111"}
+    monkeypatch.setattr(processes, "_address_file", lambda: str(file))
+    monkeypatch.setattr(processes, "_address_answers", lambda address, timeout_s=0.5: address in alive)
+
+    file.write_text("10.0.0.9:9999")  # a dead cluster's: removed before a start, silently
+    assert processes._live_previous_address() is None and not file.exists()
+    file.write_text("10.0.0.1:1111")  # a running cluster's: kept, and restored after ours stops
+    assert processes._live_previous_address() == "10.0.0.1:1111"
+    file.write_text("127.0.0.1:5000")  # ours, while it runs
+    processes._restore_ray_address_file("127.0.0.1:5000", "10.0.0.1:1111", before="127.0.0.1:5000")
+    assert file.read_text() == "10.0.0.1:1111"
+    file.write_text("127.0.0.1:5000")
+    processes._restore_ray_address_file("127.0.0.1:5000", None, before="127.0.0.1:5000")
+    assert not file.exists()
+    file.write_text("10.0.0.1:1111")  # another cluster wrote it after ours started: left alone
+    processes._restore_ray_address_file("127.0.0.1:5000", None, before="10.0.0.1:1111")
+    assert file.read_text() == "10.0.0.1:1111"
+
+
+def test_session_folders_of_dead_owners_are_removed_others_kept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from labkit.cluster import processes
+
+    monkeypatch.setattr(processes, "_temp_root", lambda config: str(tmp_path))
+    mine, dead, unknown = (tmp_path / name for name in ("mine", "dead", "unknown"))
+    for folder in (mine, dead, unknown):
+        folder.mkdir()
+    processes._write_owner(str(mine))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(child.pid).create_time()
+    child.wait()
+    (dead / "owner.pid").write_text(f"{child.pid} {started:.3f}\n")
+    assert processes._remove_stale_session_dirs() == [str(dead)]
+    assert sorted(os.listdir(tmp_path)) == ["mine", "unknown"]
+
+
+@pytest.mark.slow
+def test_a_kernel_shows_no_teardown_noise_and_leaves_nothing_when_shut_down(tmp_path):
+    """In a Jupyter kernel: deploy and stop print nothing to stderr nor Ray's teardown message; a kernel
+    shut down while its cluster runs ends without a stack dump, Ray process, session folder or stale address."""
+    import os
+
+    from jupyter_client import KernelManager
+
+    from labkit.cluster.processes import _read_ray_address_file
+
+    kernel_err = open(tmp_path / "kernel.err", "w")  # noqa: SIM115 - closed below
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "k"))
+    km.start_kernel(cwd=str(tmp_path), stderr=kernel_err)
+    client = km.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=120)
+
+    def run(code: str, timeout: float = 600) -> dict[str, str]:
+        msg_id = client.execute(code)
+        seen = {"stdout": "", "stderr": "", "error": ""}
+        while True:
+            msg = client.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                seen[content["name"]] += content["text"]
+            elif kind == "error":
+                seen["error"] += f"{content['ename']}: {content['evalue']}"
+            elif kind == "status" and content["execution_state"] == "idle":
+                return seen
+
+    try:
+        seen = run(
+            "import labkit\n"
+            "cluster = labkit.start_cluster()\n"
+            "dep = labkit.deploy(labkit.topology_preset('distributed', num_replicas=1))\n"
+            "print('answer', bool(dep.complete('hello', max_tokens=4)['choices']))\n"
+            "cluster.stop()\n"
+            "print('stopped')\n"
+        )
+        assert seen["error"] == "" and "answer True" in seen["stdout"] and "stopped" in seen["stdout"], seen
+        assert seen["stderr"] == "", seen["stderr"]
+        assert "graceful_shutdown" not in seen["stdout"], seen["stdout"]
+        seen = run("cluster = labkit.start_cluster()\nprint(cluster.address, cluster.temp_dir)")
+        address, folder = seen["stdout"].split()
+        assert os.path.isdir(folder)
+    finally:
+        client.stop_channels()
+        km.shutdown_kernel(now=False)  # what JupyterLab's "Shut Down Kernel" does
+        kernel_err.close()
+    stderr = (tmp_path / "kernel.err").read_text()
+    assert "SIGTERM" not in stderr, stderr[-2000:]
+    assert not os.path.exists(folder), "the session folder was left"
+    assert find_ray_processes(folder) == []
+    assert _read_ray_address_file() != address, "Ray's address file names the dead cluster"

@@ -1,18 +1,37 @@
 """A connected cluster: :class:`ClusterHandle` (topology and teardown) and :class:`NodeInfo`.
 
-Owns the one set of running embedded clusters (``_ACTIVE``) and the ``atexit`` hook that stops
-them at interpreter exit; :mod:`labkit.cluster.start` adds each cluster it starts to that set.
+Owns the one set of running embedded clusters (``_ACTIVE``), the ``atexit`` hook and the SIGTERM
+handler that kill them when the process ends (a Jupyter kernel shut down or restarted while its
+cluster runs: at once, quietly, leaving no process, session folder or stale Ray address file), and
+the filter that keeps Ray's expected teardown message out of a notebook's output.
+:mod:`labkit.cluster.start` adds each cluster it starts to that set.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
+import os
+import re
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from labkit.cluster.config import _GIB, NODE_LABEL, ClusterConfig
-from labkit.cluster.processes import _kill_survivors, _session_descendants, _temp_root, _wait_for_no_processes
+from labkit.cluster.processes import (
+    _kill_session_now,
+    _kill_survivors,
+    _read_ray_address_file,
+    _restore_ray_address_file,
+    _session_descendants,
+    _temp_root,
+    _wait_for_no_processes,
+)
 
 __all__ = ["ClusterHandle", "NodeInfo"]
 
@@ -59,6 +78,8 @@ class ClusterHandle:
         self._cluster = cluster
         self._stopped = False
         self.started_at = time.time()
+        # What Ray's address file held before this cluster started, when a cluster answered there.
+        self.previous_address: str | None = None
 
     # -- topology --------------------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
@@ -162,23 +183,46 @@ class ClusterHandle:
         # Processes the session's workers started themselves (vLLM's EngineCore and its workers) are
         # not Ray processes and can outlive a killed replica: note them now, kill survivors below.
         descendants = _session_descendants(self._session_marker()) if self._cluster is not None else []
-        try:
-            from ray import serve
+        with _drop_expected_teardown_lines():
+            try:
+                from ray import serve
 
-            if self.embedded and ray.is_initialized():
-                serve.shutdown()
-        except Exception:  # noqa: BLE001 - best effort: the processes are killed below anyway
-            pass
-        ray.shutdown()
+                if self.embedded and ray.is_initialized():
+                    serve.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the processes are killed below anyway
+                pass
+            ray.shutdown()
         if self._cluster is not None:
+            before = _read_ray_address_file()
             self._cluster.shutdown()
             _wait_for_no_processes(self._session_marker(), timeout_s=15.0)
             _kill_survivors(descendants)
-        _ACTIVE.discard(self)
+            _restore_ray_address_file(self.address, self.previous_address, before)
         if self.temp_dir:
             import shutil
 
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+        _ACTIVE.discard(self)  # last: a SIGTERM until here still finds the cluster to kill
+
+    def _kill_now(self) -> None:
+        """Stop at once, for a process that is ending: no graceful Serve shutdown, every process killed.
+
+        A kernel being shut down gets a few seconds before SIGTERM (then SIGKILL); the graceful
+        :meth:`stop` can take longer, and an interrupted one leaves the session folder and Ray's
+        address file behind. Nothing is printed. Also finishes a :meth:`stop` that was interrupted.
+        """
+        self._stopped = True
+        if self not in _ACTIVE:  # never started here, or already fully stopped
+            return
+        if self._cluster is not None:
+            before = _read_ray_address_file()
+            _kill_session_now(self._session_marker())
+            _restore_ray_address_file(self.address, self.previous_address, before)
+        if self.temp_dir:
+            import shutil
+
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        _ACTIVE.discard(self)
 
     def _session_marker(self) -> str:
         # Each embedded cluster has its own folder under the kit's root, so stopping one cluster
@@ -196,14 +240,93 @@ _ACTIVE: set[ClusterHandle] = set()
 
 
 def _stop_all_at_exit() -> None:
-    import contextlib
-
     for handle in list(_ACTIVE):
         with contextlib.suppress(Exception):  # interpreter exit: nothing to report to
-            handle.stop()
+            handle._kill_now()
 
 
 atexit.register(_stop_all_at_exit)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _stop_all_at_exit()
+    previous = _SIGTERM_PREVIOUS.get("handler")
+    if callable(previous):  # a Python handler was there before ours: let it decide
+        previous(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+_SIGTERM_PREVIOUS: dict[str, Any] = {}
+
+
+def _install_sigterm_handler() -> None:
+    """On SIGTERM, kill this process's embedded clusters, then end as SIGTERM would have.
+
+    Without it, a kernel shut down while its cluster runs ends inside the handler Ray's driver
+    installs (at every ``ray.init``), which prints a stack dump to stderr and leaves the session
+    folder and Ray's address file behind. Called after each ``ray.init``; from the main thread only
+    (Python's rule for signal handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        return
+    if "handler" not in _SIGTERM_PREVIOUS:
+        _SIGTERM_PREVIOUS["handler"] = current  # None: Ray's (not a Python handler), or the default
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+# Ray prints this when Serve's controller ends its own graceful shutdown with ray.kill: expected, not an error.
+_EXPECTED_TEARDOWN = re.compile(r"ServeController\.graceful_shutdown failed.*killed by `ray\.kill`")
+
+
+class _LineFilter(io.TextIOBase):
+    """A text stream that passes every line on to ``target`` except the expected teardown message."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._partial += text
+            *lines, self._partial = self._partial.split("\n")
+            for line in lines:
+                if not _EXPECTED_TEARDOWN.search(line):
+                    self._target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial and not _EXPECTED_TEARDOWN.search(self._partial):
+                self._target.write(self._partial)
+            self._partial = ""
+            self._target.flush()
+
+
+@contextlib.contextmanager
+def _drop_expected_teardown_lines() -> Iterator[None]:
+    """Drop Ray's expected Serve-teardown message from this process's stdout while the block runs.
+
+    Ray's driver prints messages the cluster publishes (here, the Serve controller's shutdown task
+    that "failed" because the controller ended itself) from a background thread to ``sys.stdout``;
+    every other line still goes through.
+    """
+    original = sys.stdout
+    sys.stdout = _LineFilter(original)
+    try:
+        yield
+    finally:
+        filtered, sys.stdout = sys.stdout, original
+        with contextlib.suppress(Exception):
+            filtered.flush()
 
 
 def _redact_address(address: str) -> str:

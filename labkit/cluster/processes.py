@@ -1,13 +1,19 @@
 """Ray processes of this user: find them, wait for them to end, kill those left behind.
 
 Owns the kit's Ray session folder root (``$TMPDIR/labkit-ray``, one sub-folder per embedded
-cluster), which is how a cluster's processes are told apart from any other Ray on the machine.
-psutil is imported inside each function, never at import time.
+cluster), which is how a cluster's processes are told apart from any other Ray on the machine;
+the owner file in each sub-folder (which process started it), the removal of folders whose owner
+died without stopping its cluster, and Ray's own address file (``ray_current_cluster`` in its
+default temp folder), read, checked and restored so a stopped cluster never leaves it pointing
+at a dead address. psutil is imported inside each function, never at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
 import time
 from typing import Any
 
@@ -146,3 +152,167 @@ def list_session_dirs() -> set[str]:
         return {os.path.join(root, name) for name in os.listdir(root)}
     except FileNotFoundError:
         return set()
+
+
+# -- who owns a session folder ---------------------------------------------------------------------
+_OWNER_FILE = "owner.pid"
+
+
+def _write_owner(folder: str) -> None:
+    """Record this process (pid and start time) as the owner of a cluster's session folder."""
+    import psutil
+
+    me = psutil.Process()
+    with open(os.path.join(folder, _OWNER_FILE), "w", encoding="ascii") as handle:
+        handle.write(f"{me.pid} {me.create_time():.3f}\n")
+
+
+def _owner_alive(folder: str) -> bool:
+    """Whether the process that started the folder's cluster still runs (True when unknown)."""
+    import psutil
+
+    try:
+        with open(os.path.join(folder, _OWNER_FILE), encoding="ascii") as handle:
+            pid_text, started_text = handle.read().split()[:2]
+        pid, started = int(pid_text), float(started_text)
+    except (OSError, ValueError):
+        return True  # no owner file (yet): never remove it
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0  # not a reused pid
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _remove_stale_session_dirs() -> list[str]:
+    """Remove the session folders of embedded clusters whose owner died without stopping them.
+
+    A kernel killed outright (SIGKILL, a crash) cannot clean up; the next cluster started on the
+    machine does it: the folders whose owner process is gone, after killing any Ray process left
+    in them. Folders of running clusters, and those without an owner file, are kept.
+
+    Returns
+    -------
+    list of str
+        The folders removed.
+    """
+    removed = []
+    for folder in sorted(list_session_dirs()):
+        if not os.path.isdir(folder) or _owner_alive(folder):
+            continue
+        kill_leftovers(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+# -- Ray's address file ----------------------------------------------------------------------------
+def _address_file() -> str:
+    import ray
+
+    return str(ray._private.utils.get_ray_address_file(None))
+
+
+def _read_ray_address_file() -> str | None:
+    """Return the address in Ray's ``ray_current_cluster`` file (what ``ray.init()`` connects to)."""
+    try:
+        with open(_address_file(), encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def _address_answers(address: str, timeout_s: float = 0.5) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _live_previous_address() -> str | None:
+    """Before a start: the address in Ray's file if a cluster answers there; a stale file is removed.
+
+    Returns
+    -------
+    str or None
+        The address of another running cluster: the file points there again once the kit's
+        cluster has stopped (:func:`_restore_ray_address_file`). While the kit's cluster runs the
+        file holds its address, as Ray wants (processes that call ``ray.init()`` find it).
+    """
+    previous = _read_ray_address_file()
+    if previous is None:
+        return None
+    if _address_answers(previous):
+        return previous
+    with contextlib.suppress(OSError):
+        os.remove(_address_file())
+    return None
+
+
+def _restore_ray_address_file(ours: str | None, previous: str | None, before: str | None = None) -> None:
+    """After a stop: Ray's file names a cluster that still runs, or is gone; never the stopped one.
+
+    Ray's ``Cluster.shutdown`` removes the file whatever it holds. This puts back the cluster that
+    wrote it after ours started (``before``: what the file held just before the stop), else the one
+    that was there before ours (``previous``), when it still answers; else it removes ``ours``.
+
+    Parameters
+    ----------
+    ours : str, optional
+        The stopped cluster's address.
+    previous : str, optional
+        What the file held before the kit's cluster started (see :func:`_live_previous_address`).
+    before : str, optional
+        What the file held just before the stop.
+    """
+    candidates = [a for a in (before, previous) if a and a != ours]
+    target = next((a for a in candidates if _address_answers(a)), None)
+    current = _read_ray_address_file()
+    if target is not None and current != target:
+        with contextlib.suppress(OSError), open(_address_file(), "w", encoding="utf-8") as handle:
+            handle.write(target)
+    elif target is None and current is not None and current == ours:
+        with contextlib.suppress(OSError):
+            os.remove(_address_file())
+
+
+def _kill_session_now(marker: str, extra: list[Any] | None = None, timeout_s: float = 1.0) -> int:
+    """Kill every process of a cluster's session at once (SIGKILL) and wait up to ``timeout_s``.
+
+    Parameters
+    ----------
+    marker : str
+        The cluster's session folder (on each of its processes' command line).
+    extra : list of psutil.Process, optional
+        Other processes to kill with them (the engines the replicas started).
+    timeout_s : float
+        How long to wait for them to be gone (a killed process that is a zombie counts as gone).
+
+    Returns
+    -------
+    int
+        How many processes were killed.
+    """
+    import psutil
+
+    targets = []
+    for item in find_ray_processes(marker):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc = psutil.Process(item["pid"])
+            targets += [proc, *proc.children(recursive=True)]
+    targets += list(extra or [])
+    for proc in targets:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.kill()
+
+    def gone(proc: Any) -> bool:
+        try:
+            return bool(proc.status() == psutil.STATUS_ZOMBIE)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return True
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(gone(proc) for proc in targets):
+        time.sleep(0.05)
+    return len(targets)

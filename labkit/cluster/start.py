@@ -2,19 +2,31 @@
 
 Owns the memory check before start, the worker nodes' arguments, the wait for every node to
 register (past Ray's own 30 s), the reachability check of a remote address, and
-:func:`register_cli`. Ray and psutil are imported inside each function, never at import time.
+:func:`register_cli`. Before a start it removes what clusters of killed processes left behind
+(session folders, a Ray address file naming a dead cluster). Ray and psutil are imported inside
+each function, never at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from labkit.cluster.config import _GIB, NODE_LABEL, ClusterConfig
-from labkit.cluster.handle import _ACTIVE, ClusterHandle, _redact_address
-from labkit.cluster.processes import _temp_root, _wait_for_no_processes, find_ray_processes
+from labkit.cluster.handle import _ACTIVE, ClusterHandle, _install_sigterm_handler, _redact_address
+from labkit.cluster.processes import (
+    _live_previous_address,
+    _remove_stale_session_dirs,
+    _temp_root,
+    _wait_for_no_processes,
+    _write_owner,
+    find_ray_processes,
+)
 from labkit.contracts import CPU_DEVICE_RESOURCE, worker_host_ip
 from labkit.errors import ClusterError, ConfigError
 
@@ -73,11 +85,14 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
         raise ClusterError(msg)
     import uuid
 
+    _remove_stale_session_dirs()  # of kernels killed while their cluster ran
     temp_root = os.path.join(_temp_root(config), uuid.uuid4().hex[:8])
     os.makedirs(temp_root, exist_ok=True)
+    _write_owner(temp_root)
     # Ray writes the head's address to a file in its *default* folder (<tmp>/ray) whatever temp_dir
     # says; on a fresh machine that folder does not exist yet and the head fails to start.
     os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
+    previous_address = _live_previous_address()  # a stale one is removed
     # Each node's resources: a node-name resource (pin things to a node) and a label.
     head_args: dict[str, Any] = {
         "num_cpus": _whole(config.head_cpus),
@@ -93,7 +108,8 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
     cluster = None
     started = time.monotonic()
     try:
-        cluster = Cluster(initialize_head=True, connect=False, head_node_args=head_args)
+        with _no_address_notice():
+            cluster = Cluster(initialize_head=True, connect=False, head_node_args=head_args)
         physical_next = 0
         slow_nodes: list[str] = []
         for i, gpus in enumerate(config.worker_gpus(), start=1):
@@ -123,7 +139,9 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
         handle = ClusterHandle(
             address=cluster.address, embedded=True, config=config, cluster=cluster, temp_dir=temp_root
         )
+        handle.previous_address = previous_address
         _ACTIVE.add(handle)
+        _install_sigterm_handler()
         _wait_for_nodes(config.num_nodes, config.start_timeout_s, temp_root=temp_root, slow_nodes=slow_nodes)
     except BaseException as err:
         try:
@@ -138,6 +156,22 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
         raise ClusterError(msg) from err
     handle.start_s = time.monotonic() - started
     return handle
+
+
+@contextlib.contextmanager
+def _no_address_notice() -> Iterator[None]:
+    """Silence Ray's INFO "Overwriting previous Ray address ..." while the head starts.
+
+    Ray logs it to stderr (red in Jupyter) when its address file names another cluster; the kit
+    connects by explicit address and points the file back when it stops, so it is nothing to act on.
+    """
+    logger = logging.getLogger("ray._private.utils")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # Ray's own wait for a new node is a fixed 30 s (ray._private.node). A raylet whose agents start
