@@ -66,6 +66,21 @@ FINDING_CODES: dict[str, tuple[str, str, str]] = {
     ),
     "identical_log": ("consistency", "error", "Raw samples or summaries identical to another learner's log."),
     "copied_samples": ("consistency", "error", "Shares most raw latency samples with another learner's log."),
+    "copied_shape": (
+        "consistency",
+        "error",
+        "Its requests' latencies follow another learner's in order: one run with times scaled or jittered.",
+    ),
+    "shared_run_values": (
+        "consistency",
+        "error",
+        "Shares run-unique values (replica ids, log id, precise timings) with another learner's log.",
+    ),
+    "copy_source": (
+        "consistency",
+        "info",
+        "Another learner's log copies this one and names this learner: not held against this learner.",
+    ),
     "incomplete_log": (
         "completeness",
         "error",
