@@ -245,3 +245,44 @@ def test_packed_on_a_cluster_without_pin_resources_says_how_to_add_them():
         node["resources"] = {"CPU": node["cpus"]}
     with pytest.raises(PlacementError, match=r"ray start --resources"):
         plan_placement(ServeConfig(num_replicas=2, placement="packed"), nodes)
+
+
+def _rank(rank, pp, tp, node):
+    return {"rank": rank, "pp_rank": pp, "tp_rank": tp, "node_id": node, "node_name": node, "pid": 100 + rank}
+
+
+@pytest.mark.parametrize(
+    ("tp", "pp", "ranks", "problem"),
+    [
+        (1, 2, [_rank(0, 0, 0, "w1"), _rank(1, 1, 0, "w2")], None),
+        (2, 2, [_rank(0, 0, 0, "w1"), _rank(1, 0, 1, "w1"), _rank(2, 1, 0, "w2"), _rank(3, 1, 1, "w2")], None),
+        (1, 2, [_rank(0, 0, 0, "w1"), _rank(1, 1, 0, "w1")], "pipeline stages on one node"),
+        (2, 2, [_rank(0, 0, 0, "w1"), _rank(1, 0, 1, "w2"), _rank(2, 1, 0, "w2"), _rank(3, 1, 1, "w1")], "2 nodes"),
+        (1, 2, [_rank(0, 0, 0, "w1")], "has 1 ranks where TP 1 x PP 2 = 2"),
+        (1, 2, [_rank(0, 0, 0, "w1"), _rank(1, 1, 0, "elsewhere")], "not in the cluster"),
+    ],
+)
+def test_placement_rule_tp_inside_a_node_pp_across_nodes(tp, pp, ranks, problem):
+    from labkit.serve import check_placement
+
+    placement = {
+        "tensor_parallel_size": tp,
+        "pipeline_parallel_size": pp,
+        "replicas": [{"replica_id": "r1", "node_id": "w1", "node_name": "w1", "ranks": ranks}],
+    }
+    found = check_placement(placement, {"h", "w1", "w2"})
+    if problem is None:
+        assert found == []
+    else:
+        assert any(problem in p for p in found), found
+
+
+def test_placement_object_prints_what_it_found():
+    from labkit.serve.ranks import Placement, ReplicaPlacement
+
+    broken = Placement(1, 2, [ReplicaPlacement("r1", "w1", "worker-1", [_rank(0, 0, 0, "w1"), _rank(1, 1, 0, "w1")])])
+    assert not broken.crosses_nodes
+    assert "rule broken" in repr(broken) and "Rule broken" in broken._repr_html_()
+    good = Placement(1, 2, [ReplicaPlacement("r1", "w1", "worker-1", [_rank(0, 0, 0, "w1"), _rank(1, 1, 0, "w2")])])
+    assert good.crosses_nodes and "rule holds" in repr(good)
+    assert good.to_dict()["replicas"][0]["ranks"][1]["node_id"] == "w2"

@@ -130,3 +130,33 @@ def test_gated_coordinator_in_front_of_the_same_replicas(lab_deployment):
     stream = httpx.post(url + "/v1/completions", json={**body, "stream": True}, timeout=60)
     events = [line for line in stream.text.splitlines() if line.startswith("data: {")]
     assert "coordinator_wait_s" in json.loads(events[-1][6:])["labkit"]["timings"]
+
+
+def test_one_replica_split_across_two_nodes_answers_through_serve(lab_cluster, lab_deployment):
+    """PP 2 on the CPU default: two pipeline stages, each a vLLM rank actor on another worker node."""
+    from ray import serve
+
+    from labkit.serve import check_placement, deploy, describe_placement, topology_preset
+
+    config = topology_preset(
+        "distributed", num_replicas=1, pipeline_parallel_size=2, app_name="labkit-pp", route_prefix="/pp"
+    )
+    split = deploy(config)
+    try:
+        assert split.plan.strategy == "STRICT_SPREAD"
+        answer = split.complete("Where do the stages run?", max_tokens=8)
+        assert answer["usage"]["completion_tokens"] == 8
+        assert answer["choices"][0]["text"]
+        placement = describe_placement(split)
+        assert len(placement.replicas) == 1
+        ranks = placement.replicas[0].ranks
+        assert sorted(r["pp_rank"] for r in ranks) == [0, 1]
+        assert all(r["process"] == "ray actor" for r in ranks), ranks
+        names = lab_cluster.node_names()
+        stage_nodes = {r["pp_rank"]: names[r["node_id"]] for r in ranks}
+        assert set(stage_nodes.values()) == {"worker-1", "worker-2"}, stage_nodes
+        assert check_placement(placement.to_dict(), set(names)) == []
+        # the main deployment beside it still answers (its own route, its own engines)
+        assert lab_deployment.complete("still there?", max_tokens=2)["usage"]["completion_tokens"] == 2
+    finally:
+        serve.delete("labkit-pp")

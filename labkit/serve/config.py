@@ -80,6 +80,9 @@ class ServeConfig:
         How long to wait for the application to answer.
     app_name : str
         Serve application name.
+    route_prefix : str
+        Where the application answers (``"/"``; another prefix lets a second application of
+        other engines run beside it).
     """
 
     model: str = "tiny"
@@ -108,6 +111,7 @@ class ServeConfig:
     telemetry: bool = True
     deploy_timeout_s: float = 600.0
     app_name: str = "labkit"
+    route_prefix: str = "/"
 
     @property
     def devices_per_replica(self) -> int:
@@ -161,6 +165,11 @@ class ServeConfig:
                 self.request_router in ROUTERS or ":" in self.request_router,
                 "request_router",
                 f"request_router={self.request_router!r} is unknown. Available: {sorted(ROUTERS)} or 'module:Class'.",
+            ),
+            (
+                isinstance(self.route_prefix, str) and self.route_prefix.startswith("/"),
+                "route_prefix",
+                f"route_prefix={self.route_prefix!r} must start with '/' (e.g. '/' or '/pp').",
             ),
             (self.port is None or 0 < self.port < 65536, "port", f"port={self.port!r} must be None or in 1..65535."),
             (

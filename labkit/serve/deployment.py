@@ -226,7 +226,8 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
     started = time.monotonic()
     running = _serve_running_proxy_location()
     want = config.proxy_location
-    if running is not None and running.replace("_", "").lower() not in (want.lower(), "unknown"):
+    # Serve reports "EveryNode", "every_node" or "ProxyLocation.EveryNode" depending on the path
+    if running is not None and running.rsplit(".", 1)[-1].replace("_", "").lower() not in (want.lower(), "unknown"):
         serve.shutdown()
         running = None
     _quiet_serve_driver_log()
@@ -235,11 +236,12 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
     app = build_app(config, plan, spec)
     try:
         # serve.run would block until RUNNING with no deadline; _run returns at once and we wait below.
-        serve._run(app, name=config.app_name, route_prefix="/", _blocking=False)
+        serve._run(app, name=config.app_name, route_prefix=config.route_prefix, _blocking=False)
     except Exception as err:  # noqa: BLE001 - Serve raises many types; wrap with context
         msg = f"Deploying '{config.app_name}' failed: {err}"
         raise DeploymentError(msg) from err
     url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{_serve_http_port()}"
+    url += config.route_prefix.rstrip("/")
     deployment = Deployment(config=config, model=spec, plan=plan, url=url, deploy_s=0.0)
     if wait:
         _wait_until_ready(deployment, config.deploy_timeout_s, started)
