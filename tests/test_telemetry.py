@@ -8,6 +8,7 @@ import time
 import types
 
 import pytest
+from _wait import until as _until
 
 from labkit.errors import ConfigError, TelemetryError
 from labkit.telemetry import (
@@ -21,15 +22,6 @@ from labkit.telemetry import (
     start_reporter,
     summarize_samples,
 )
-
-
-def _until(condition, what: str, timeout_s: float = 120.0) -> None:
-    """Poll ``condition()`` until true. The time-out is a hang guard: the conditions here take
-    milliseconds; a fixed sleep instead would make a count depend on how busy the machine is."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
-        time.sleep(0.01)
 
 
 def _sample(t, comp="r0", role="replica", **kw):
