@@ -220,6 +220,22 @@ def test_a_budget_turns_slowness_into_a_finding(corpus: Path, tmp_path: Path) ->
     assert "max_work_per_file" in message and "rubric" in message
 
 
+def test_a_failing_check_across_logs_is_a_finding_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labkit.grade import copies
+
+    def broken(*_args: object) -> dict:
+        raise OverflowError("a value no check expected")
+
+    monkeypatch.setattr(copies, "_shape_pairs", broken)
+    for k in range(3):
+        data = GEN.make(f"u{k}", "load-exercise", GEN.records(60 + k, 100, ttft_s=0.03, tpot_s=0.008))
+        (tmp_path / f"u{k}.json").write_text(json.dumps(data))
+    book = grade_directory(tmp_path, now=NOW)
+    errors = [f for f in book.findings if f.code == "grader_error"]
+    assert len(errors) == 3 and all("OverflowError" in f.message for f in errors)
+    assert [r.score for r in book.rows] == [100.0, 100.0, 100.0]  # their own checks ran and passed
+
+
 # ------------------------------------------------------------------------------------------ folders
 
 

@@ -175,7 +175,8 @@ _UNFINISHED = frozenset({"grader_error", "check_budget_exceeded"})
 
 def _score(graded: _Graded, rubric: Rubric) -> None:
     weights = {k: float(rubric["weights"].get(k, 0.0)) for k in _CATEGORIES}
-    unusable = not graded.usable or any(f.code in _UNFINISHED for f in graded.findings)
+    unfinished = any(f.code in _UNFINISHED and not f.detail.get("across") for f in graded.findings)
+    unusable = not graded.usable or unfinished
     if unusable:
         graded.score = 0.0
         return
@@ -198,15 +199,21 @@ def _grade_files(
         fps.append(fp if one.usable else None)
 
     def guard(indices: Sequence[int], step: Callable[[], None]) -> None:
+        # A step over the whole class gets ten files' budget; its failure is a finding on every file
+        # it covers but does not zero them: their own checks ran (see _score).
+        scale = 10 if len(indices) > 2 else 1
+        limits = rubric["limits"]
         try:
-            with budget(rubric["limits"]["max_seconds_per_file"], rubric["limits"]["max_work_per_file"]):
+            with budget(limits["max_seconds_per_file"] * scale, limits["max_work_per_file"] * scale):
                 step()
         except BudgetExceeded as err:
             for i in indices:
-                graded[i].findings.append(_budget_finding(err, graded[i].file, "comparing it with other logs"))
+                found = _budget_finding(err, graded[i].file, "comparing it with other logs")
+                graded[i].findings.append(Finding(found.code, found.message, found.file, {"across": True}))
         except Exception as err:  # noqa: BLE001 - a finding on the files involved, never a crash
             for i in indices:
-                graded[i].findings.append(_error_finding(err, graded[i].file, "Comparing it with other logs"))
+                found = _error_finding(err, graded[i].file, "Comparing it with other logs")
+                graded[i].findings.append(Finding(found.code, found.message, found.file, {"across": True}))
 
     cross: dict[int, list[Finding]] = {}
     try:
@@ -214,7 +221,8 @@ def _grade_files(
     except Exception as err:  # noqa: BLE001 - the class still gets its gradebook
         for i, fp in enumerate(fps):
             if fp is not None:
-                graded[i].findings.append(_error_finding(err, graded[i].file, "Comparing the logs"))
+                found = _error_finding(err, graded[i].file, "Comparing the logs")
+                graded[i].findings.append(Finding(found.code, found.message, found.file, {"across": True}))
     for i, one in enumerate(graded):
         for f in cross.get(i, []):
             one.findings.append(f)
