@@ -181,6 +181,7 @@ class LLMServer:
         from labkit.telemetry import EngineActivity
 
         self.activity = EngineActivity()  # running / waiting, from vLLM's scheduler stats
+        self.capacity = int(settings["engine_args"].get("max_num_seqs") or 0)
         self.inflight = 0
         args = AsyncEngineArgs(**settings["engine_args"])
         loggers = [self.activity.stat_logger_factory(), RayPrometheusStatLogger]
@@ -201,7 +202,8 @@ class LLMServer:
 
     def engine_stats(self) -> dict[str, Any]:
         """Return running / waiting / in-flight requests of this replica's engine."""
-        return {**self.activity.stats(), "inflight": self.inflight}
+        # capacity: requests the engine runs at once (vLLM's max_num_seqs); more wait inside it
+        return {**self.activity.stats(), "inflight": self.inflight, "capacity": self.capacity}
 
     async def ranks(self) -> list[dict[str, Any]]:
         """Return each TP x PP rank of this replica's engine, as the rank's own process reports it."""

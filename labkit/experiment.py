@@ -15,6 +15,7 @@ blurs an end-to-end comparison; TTFT isolates what the coordinator does.
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,8 @@ def run_topology(
     telemetry: bool = True,
     progress: bool = True,
     timeout_s: float = 60.0,
+    users: int | None = None,
+    expected_replicas: int | None = None,
 ) -> TopologyRun:
     """Drive one door with open-loop load while recording telemetry; summarize and diagnose.
 
@@ -158,6 +161,12 @@ def run_topology(
         Show a progress bar.
     timeout_s : float
         Per-request time-out.
+    users : int, optional
+        Run a closed loop instead: this many users, each sending its next request as soon as
+        the last one ends (``rate_rps`` is then ignored). More users than the engines have
+        slots keep the engines full whatever their speed.
+    expected_replicas : int, optional
+        Replicas behind the door: one that served nothing then counts as a share of 0.
 
     Returns
     -------
@@ -171,13 +180,16 @@ def run_topology(
     records_path = None
     if records_dir is not None:
         Path(records_dir).mkdir(parents=True, exist_ok=True)
-        records_path = str(Path(records_dir) / f"{name}-{rate_rps:g}rps.jsonl")
+        load = f"{users}users" if users else f"{rate_rps:g}rps"
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        records_path = str(Path(records_dir) / f"{name}-{load}-{stamp}.jsonl")  # never overwrites a run
     config = LoadConfig(
         url=url,
         model=model,
-        arrival=arrival,
+        arrival="closed" if users else arrival,
         burstiness=burstiness,
-        rate_rps=rate_rps,
+        rate_rps=None if users else rate_rps,
+        users=users,
         duration_s=duration_s,
         max_tokens=max_tokens,
         prompt_tokens=prompt_tokens,
@@ -196,7 +208,7 @@ def run_topology(
     else:
         result = run_load(config, records_path=records_path, progress=progress)
     summary = result.summary()
-    verdict = diagnose(result, recorder, name=name)
+    verdict = diagnose(result, recorder, name=name, expected_replicas=expected_replicas)
     return TopologyRun(name=name, url=url, result=result, telemetry=recorder, summary=summary, diagnosis=verdict)
 
 

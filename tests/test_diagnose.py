@@ -343,3 +343,78 @@ def test_cli_diagnose_rejects_bad_thresholds(tmp_path, bad):
     path.write_text("", encoding="utf-8")
     with pytest.raises(ConfigError, match="--threshold|not a number"):
         _cli(["diagnose", str(path), "--threshold", bad])
+
+
+# --------------------------------------------------------------------------------------------
+# every sentence follows from its numbers: cases where the numbers point the other way
+# --------------------------------------------------------------------------------------------
+
+
+def _own_request_telemetry(records, *, capacity=4, waiting=0, replicas=("r0", "r1"), slow_s=0.3):
+    """Engines idle but for the slow requests themselves: 1 running while one is in flight."""
+    slow = [(r.sent_s, r.done_s) for r in records if r.status == "ok" and r.done_s - r.scheduled_s > slow_s]
+    end = max(r.done_s for r in records)
+    out, t = [], 0.0
+    while t <= end:
+        busy = any(a <= t <= b for a, b in slow)
+        for rep in replicas:
+            out.append(TelemetrySample(t_s=t, wall_s=t, node_id=f"node-{rep}", role="replica", component_id=rep,
+                                       running=1 if busy else 0, waiting=waiting, extra={"capacity": capacity}))
+        t = round(t + 0.1, 6)
+    return out
+
+
+def test_coordinator_text_says_activity_rose_when_it_did_and_why_the_engines_are_still_not_the_limit():
+    """The engines are 'busier' during the tail (the slow requests run in them) yet have room."""
+    recs = make_run(slow_pre_s=0.6)
+    d = diagnose(recs, _own_request_telemetry(recs))
+    assert d.verdict == "coordinator_bottleneck"
+    ev = d.evidence
+    assert ev["engine_active_mean_tail"] > 1.25 * ev["engine_active_mean_all"]
+    assert "not busier" not in d.explanation and "no higher" not in d.explanation
+    assert "Engine activity was higher" in d.explanation
+    from labkit.diagnose.results import _fmt
+
+    assert f"({_fmt(ev['engine_active_mean_tail'])} running+waiting per engine" in d.explanation
+    assert "had room" in d.explanation and "of their 4 slots in use" in d.explanation
+
+
+def test_coordinator_text_says_no_higher_when_activity_was_flat():
+    recs = make_run(slow_pre_s=0.6)
+    d = diagnose(recs, make_telemetry(recs))
+    assert d.verdict == "coordinator_bottleneck"
+    assert "Engine activity was no higher" in d.explanation
+    assert "Engine activity was higher" not in d.explanation
+
+
+def test_a_tail_not_made_before_the_engine_with_engines_that_had_room_is_not_saturation():
+    """The misdiagnosis of the healthy door: a few slow requests (CPU noise) inside the engine,
+    engine activity 'rising' only because those requests ran there, no request ever waiting."""
+    recs = make_run(slow_every=10)
+    for r in recs[::10]:  # slow inside the engine's compute, not its queue
+        r.done_s += 0.6
+        r.last_token_s += 0.6
+        r.server["engine_total_s"] += 0.6
+    d = diagnose(recs, _own_request_telemetry(recs))
+    assert d.evidence["engine_active_ratio"] > 1.25
+    assert d.evidence["tail_engine_share"] > 0.5
+    assert d.verdict == "healthy", d.explanation
+    assert "had room (0 requests waiting" in d.explanation and "25% of their 4 slots in use" in d.explanation
+
+
+def test_saturation_text_names_the_numbers_that_showed_full_engines():
+    recs = make_run(slow_every=0)
+    d = diagnose(recs, _own_request_telemetry(recs, waiting=3))
+    assert d.verdict == "engine_saturation"
+    assert "3 requests waiting per engine over the run (>= saturated_waiting_mean = 1)" in d.explanation
+    # the same run with engines that had room is healthy, and says so with its numbers
+    d2 = diagnose(recs, _own_request_telemetry(recs, waiting=0))
+    assert d2.verdict == "healthy"
+    assert "had room" in d2.explanation
+
+
+def test_full_engines_by_slots_in_use_are_saturation_even_without_waiting():
+    recs = make_run(slow_every=0)
+    d = diagnose(recs, make_telemetry(recs, running=4), engine_capacity=4)
+    assert d.verdict == "engine_saturation"
+    assert "100% of their 4 slots in use" in d.explanation

@@ -181,6 +181,8 @@ def _telemetry_evidence(
     capacity = engine_capacity or (max(caps) if caps else None)
     ev["engine_capacity"] = capacity
     ev["engine_running_fraction_tail"] = _ratio(_mean(running_tail), capacity)
+    running_all = [s.running for s in replica if s.running is not None]
+    ev["engine_running_fraction_all"] = _ratio(_mean(running_all), capacity)
     for role in ("coordinator", "proxy"):
         rs = [s for s in samples if s.role == role]
         cpu = [s.cpu_percent for s in rs if s.cpu_percent is not None]

@@ -144,23 +144,43 @@ def _decide(
             f"Balance not judged: {n_ok} requests over {n_rep} replicas is fewer than "
             f"min_requests = {th.min_requests} per replica."
         )
-    queueing = full = rising = False
+    # Saturated engines have no room: requests wait inside them, or every slot is in use. Activity
+    # alone is no tell: a request in flight is itself running in an engine, so engines are always
+    # "busier" while the slowest requests run.
+    full: list[str] = []
     if has_tel:
-        queueing = check("engine_waiting_mean_tail", ">=", "saturated_waiting_mean") is True
-        if ev.get("engine_running_fraction_tail") is not None:
-            full = check("engine_running_fraction_tail", ">=", "engine_full_fraction") is True
-        rising = check("engine_active_ratio", ">", "flat_activity_ratio_max") is True or queueing or full
+        for key, tname in (
+            ("engine_waiting_mean_tail", "saturated_waiting_mean"),
+            ("engine_waiting_mean_all", "saturated_waiting_mean"),
+            ("engine_running_fraction_tail", "engine_full_fraction"),
+            ("engine_running_fraction_all", "engine_full_fraction"),
+        ):
+            if ev.get(key) is not None and check(key, ">=", tname):
+                full.append(key)
+    queued = []
+    if ev.get("engine_queue_fraction_median") is not None and check(
+        "engine_queue_fraction_median", ">=", "engine_share_min"
+    ):
+        queued.append("engine_queue_fraction_median")
+    if (
+        spiky
+        and not has_tel
+        and ev.get("tail_engine_queue_share") is not None
+        and check("tail_engine_queue_share", ">=", "engine_share_min")
+    ):
+        queued.append("tail_engine_queue_share")
     ratio_txt = f"p99 is {_fmt(ev['e2e_p99_p50_ratio'])}x p50 (e2e)"
     if ev.get("ttft_p99_p50_ratio") is not None:
         ratio_txt += f" and {_fmt(ev['ttft_p99_p50_ratio'])}x for TTFT"
 
+    if full or queued:
+        if imbalanced:
+            return "load_imbalance", _why_imbalance(ev, th, ratio_txt) + " " + _engines_full(ev, th, full, queued)
+        return "engine_saturation", _why_saturation(ev, th, ratio_txt, full, queued)
     if spiky:
-        eng_key = "tail_engine_share"
-        if ev.get(eng_key) is None:
-            eng_key = "tail_engine_queue_share"
-        if ev.get("tail_pre_engine_share") is not None or ev.get(eng_key) is not None:
-            pre_ok = check("tail_pre_engine_share", ">=", "pre_engine_share_min")
-            if pre_ok and not (queueing or full):
+        pre = ev.get("tail_pre_engine_share")
+        if pre is not None:
+            if check("tail_pre_engine_share", ">=", "pre_engine_share_min"):
                 coord = ev.get("tail_coordinator_wait_share")
                 if ev.get("engine_capacity") is None and (coord is None or coord < th.pre_engine_share_min):
                     notes.append(
@@ -168,31 +188,26 @@ def _decide(
                         "router. If the replicas were at max_ongoing_requests, that is back-"
                         "pressure from full engines; pass engine_capacity to diagnose() to tell."
                     )
-                return "coordinator_bottleneck", _why_coordinator(ev, ratio_txt, has_tel)
+                return "coordinator_bottleneck", _why_coordinator(ev, th, ratio_txt, has_tel)
             if imbalanced:
                 return "load_imbalance", _why_imbalance(ev, th, ratio_txt)
-            eng_ok = check(eng_key, ">=", "engine_share_min")
-            if (eng_ok and (rising or not has_tel)) or (pre_ok and (queueing or full)):
-                return "engine_saturation", _why_saturation(ev, ratio_txt)
             notes.append(
-                "The tail spikes but neither pre-engine nor engine time explains most of it "
-                "(see the tail_*_share evidence), and the engines were not busier: look at "
-                "output lengths and the client."
+                "The tail spikes but is not made before the engine, and the engines had room: look at "
+                "output lengths, the client, and other programs competing for the CPU."
             )
             return "healthy", (
-                f"{ratio_txt}, but the extra time of the slowest requests is not spent "
-                f"waiting before or inside busier engines; no bottleneck is evident."
+                f"{ratio_txt}, but only {_fmt_pct(pre)} of the slowest requests' extra time was spent "
+                f"before the engine (pre_engine_share_min = {_fmt_pct(th.pre_engine_share_min)}) and "
+                f"{_room(ev, th, has_tel)}: no coordinator or engine bottleneck explains the tail."
             )
         if has_tel and ev.get("engine_active_mean_all") is not None:
             notes.append(
                 "No server timings: the pre-engine time was not measured, so the verdict rests "
                 "on engine activity alone."
             )
-            if not rising:
-                return "coordinator_bottleneck", _why_coordinator(ev, ratio_txt, has_tel)
             if imbalanced:
                 return "load_imbalance", _why_imbalance(ev, th, ratio_txt)
-            return "engine_saturation", _why_saturation(ev, ratio_txt)
+            return "coordinator_bottleneck", _why_coordinator(ev, th, ratio_txt, has_tel)
         if imbalanced:
             return "load_imbalance", _why_imbalance(ev, th, ratio_txt)
         return "insufficient_data", (
@@ -201,41 +216,56 @@ def _decide(
         )
     if imbalanced:
         return "load_imbalance", _why_imbalance(ev, th, ratio_txt)
-    if has_tel and check("engine_waiting_mean_all", ">=", "saturated_waiting_mean"):
-        return "engine_saturation", (
-            f"{ratio_txt}, an even tail, but requests waited in the engines all along "
-            f"({_fmt(ev['engine_waiting_mean_all'])} waiting per replica on average): the engines are "
-            f"saturated, so every request is slow. Add replicas or lower the load."
-        )
-    if ev.get("engine_queue_fraction_median") is not None and check(
-        "engine_queue_fraction_median", ">=", "engine_share_min"
-    ):
-        return "engine_saturation", (
-            f"{ratio_txt}, an even tail, but the median request spent "
-            f"{_fmt_pct(ev['engine_queue_fraction_median'])} of its time queued in the engine: the "
-            f"engines are saturated, so every request is slow. Add replicas or lower the load."
-        )
     return "healthy", (
-        f"{ratio_txt} (under tail_ratio_e2e = {_fmt(th.tail_ratio_e2e)}) and the load is "
-        f"spread evenly: no bottleneck at this load."
+        f"{ratio_txt} (under tail_ratio_e2e = {_fmt(th.tail_ratio_e2e)} and tail_ratio_ttft = "
+        f"{_fmt(th.tail_ratio_ttft)}), the load is spread evenly and {_room(ev, th, has_tel)}: "
+        f"no bottleneck at this load."
     )
 
 
-def _why_coordinator(ev: Mapping[str, float | None], ratio_txt: str, has_tel: bool) -> str:
+def _room(ev: Mapping[str, float | None], th: Thresholds, has_tel: bool) -> str:
+    """Say, with the numbers, that the engines had room (the caller checked that they did)."""
+    if not has_tel or ev.get("engine_waiting_mean_all") is None:
+        queue = ev.get("engine_queue_fraction_median")
+        if queue is None:
+            return "engine occupancy was not observed"
+        return f"the median request spent {_fmt_pct(queue)} of its time queued in the engine"
+    text = (
+        f"the engines had room ({_fmt(ev.get('engine_waiting_mean_tail'))} requests waiting per engine "
+        f"while the slowest requests ran, under saturated_waiting_mean = {_fmt(th.saturated_waiting_mean)}"
+    )
+    frac = ev.get("engine_running_fraction_tail")
+    if frac is not None:
+        text += f"; {_fmt_pct(frac)} of their {int(ev.get('engine_capacity') or 0)} slots in use"
+    return text + ")"
+
+
+def _activity(ev: Mapping[str, float | None], th: Thresholds) -> str:
+    """Engine activity while the tail ran against the whole run, worded by the numbers."""
+    tail, whole = ev.get("engine_active_mean_tail"), ev.get("engine_active_mean_all")
+    if tail is None or whole is None:
+        return ""
+    nums = f"{_fmt(tail)} running+waiting per engine vs {_fmt(whole)} over the run"
+    if whole > 0 and tail > whole * th.flat_activity_ratio_max:
+        return (
+            f" Engine activity was higher while the slowest requests ran ({nums}), but below the point where "
+            "requests wait."
+        )
+    return f" Engine activity was no higher while the slowest requests ran ({nums})."
+
+
+def _why_coordinator(ev: Mapping[str, float | None], th: Thresholds, ratio_txt: str, has_tel: bool) -> str:
     pre = ev.get("tail_pre_engine_share")
     coord = ev.get("tail_coordinator_wait_share")
     where = "before the engine (proxy, router, coordinator)"
     if coord is not None and coord > 0.05:
         where += f", {coord:.0%} of it waiting for the coordinator"
-    first = f"{ratio_txt}: the slowest 5% took {_ms(ev.get('tail_excess_s'))} more than the median, " + (
-        f"and {pre:.0%} of that extra time was spent {where}."
-        if pre is not None
-        else "while the engines held no more work than usual."
+    first = f"{ratio_txt}: the slowest 5% took {_ms(ev.get('tail_excess_s'))} more than the median" + (
+        f", and {pre:.0%} of that extra time was spent {where}." if pre is not None else "."
     )
-    if has_tel and ev.get("engine_active_mean_tail") is not None:
+    if has_tel and ev.get("engine_waiting_mean_all") is not None:
         second = (
-            f" The engines were not busier meanwhile ({_fmt(ev['engine_active_mean_tail'])} "
-            f"running+waiting vs {_fmt(ev['engine_active_mean_all'])} on average): the "
+            f" Meanwhile {_room(ev, th, has_tel)}.{_activity(ev, th)} The wait is before the engines: the "
             f"coordinator / load balancer is the bottleneck, not engine throughput."
         )
     else:
@@ -243,19 +273,39 @@ def _why_coordinator(ev: Mapping[str, float | None], ratio_txt: str, has_tel: bo
     return first + second
 
 
-def _why_saturation(ev: Mapping[str, float | None], ratio_txt: str) -> str:
-    eng = ev.get("tail_engine_share")
-    first = f"{ratio_txt}: the slowest 5% took {_ms(ev.get('tail_excess_s'))} more than the median"
-    first += f", {eng:.0%} of it inside the engines." if eng is not None else "."
-    if ev.get("engine_active_mean_tail") is not None:
-        second = (
-            f" Engine activity rose with the tail ({_fmt(ev['engine_active_mean_tail'])} "
-            f"running+waiting vs {_fmt(ev['engine_active_mean_all'])} on average): the engines "
-            f"are saturated; add replicas or lower the load."
-        )
-    else:
-        second = " The engines are saturated; add replicas or lower the load."
-    return first + second
+def _engines_full(ev: Mapping[str, float | None], th: Thresholds, full: list[str], queued: list[str]) -> str:
+    """Say which numbers showed full engines (the caller found at least one)."""
+    parts = []
+    for key in full:
+        value = ev.get(key)
+        if key.startswith("engine_waiting"):
+            when = "while the slowest requests ran" if key.endswith("tail") else "over the run"
+            parts.append(
+                f"{_fmt(value)} requests waiting per engine {when} (>= saturated_waiting_mean = "
+                f"{_fmt(th.saturated_waiting_mean)})"
+            )
+        else:
+            when = "while the slowest requests ran" if key.endswith("tail") else "over the run"
+            parts.append(
+                f"{_fmt_pct(value)} of their {int(ev.get('engine_capacity') or 0)} slots in use {when} "
+                f"(>= engine_full_fraction = {_fmt_pct(th.engine_full_fraction)})"
+            )
+    for key in queued:
+        value = ev.get(key)
+        if key == "engine_queue_fraction_median":
+            parts.append(f"the median request spent {_fmt_pct(value)} of its time queued in the engine")
+        else:
+            parts.append(f"{_fmt_pct(value)} of the slowest requests' extra time was spent queued in the engine")
+    return "The engines were full: " + "; ".join(parts) + "."
+
+
+def _why_saturation(
+    ev: Mapping[str, float | None], th: Thresholds, ratio_txt: str, full: list[str], queued: list[str]
+) -> str:
+    return (
+        f"{ratio_txt}. {_engines_full(ev, th, full, queued)} Requests wait for engine capacity: the "
+        f"engines are saturated; add replicas or lower the load."
+    )
 
 
 def _why_imbalance(ev: Mapping[str, float | None], th: Thresholds, ratio_txt: str) -> str:
