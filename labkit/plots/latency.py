@@ -269,6 +269,11 @@ def _load_points(results: Any) -> list[tuple[float, Any]]:
     return sorted(points, key=lambda p: p[0])
 
 
+def _supported(q: float, n: int) -> bool:
+    """Whether n samples have at least one above the q-th percentile (n >= 100 for p99)."""
+    return n * (100.0 - q) / 100.0 >= 1.0 - 1e-9
+
+
 def plot_percentiles_vs_load(
     results: Any,
     metric: str = "e2e",
@@ -316,10 +321,19 @@ def plot_percentiles_vs_load(
     """
     points = _load_points(results)
     rates = [r for r, _ in points]
-    table = [
-        _percentiles(_values(recs, metric, f"{rate:g} req/s", include_failures), percentiles) for rate, recs in points
-    ]
-    top_s = max(max(row.values()) for row in table)
+    values = [_values(recs, metric, f"{rate:g} req/s", include_failures) for rate, recs in points]
+    table = [_percentiles(vals, percentiles) for vals in values]
+    counts = [len(vals) for vals in values]
+    # A percentile is drawn only where the sample has a request above it (n >= 100 for p99):
+    # below that "p99" is the maximum, one request.
+    unsupported = {
+        q: [rate for rate, n in zip(rates, counts, strict=True) if not _supported(q, n)] for q in percentiles
+    }
+    for q, rates_out in unsupported.items():
+        for row, rate in zip(table, rates, strict=True):
+            if rate in rates_out:
+                row[q] = float("nan")
+    top_s = max((v for row in table for v in row.values() if v == v), default=0.0)
     unit, scale = _unit(top_s)
     fig, (ax,) = _new_figure()
     for i, q in enumerate(percentiles):
@@ -333,10 +347,27 @@ def plot_percentiles_vs_load(
             linewidth=2,
             label=_label_q(q),
         )
-    if percentiles and len(points) > 1:
-        q = max(percentiles)
-        base = table[0][q]
-        grown = [rate for rate, row in zip(rates, table, strict=True) if row[q] >= knee_factor * base]
+    missing = [f"{_label_q(q)} at {', '.join(f'{r:g}' for r in out)} req/s" for q, out in unsupported.items() if out]
+    if missing:
+        ax.text(
+            0.01,
+            0.98,
+            "not drawn (too few requests, n = " + ", ".join(str(n) for n in counts) + "): " + "; ".join(missing),
+            transform=ax.transAxes,
+            fontsize=8,
+            va="top",
+            ha="left",
+            color="0.3",
+            wrap=True,
+        )
+    drawable = [q for q in percentiles if not unsupported[q] or len(unsupported[q]) < len(rates)]
+    if drawable and len(points) > 1:
+        q = max(drawable)
+        first = next(i for i, row in enumerate(table) if row[q] == row[q])
+        base = table[first][q]
+        grown = [
+            rate for rate, row in zip(rates, table, strict=True) if row[q] == row[q] and row[q] >= knee_factor * base
+        ]
         knee = grown[0] if grown else None
         if knee is not None:
             label = f"knee \u2248 {knee:g} req/s"
