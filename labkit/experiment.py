@@ -26,11 +26,13 @@ from labkit.errors import ConfigError
 __all__ = [
     "DecodeRun",
     "ExperimentResult",
+    "RegimeResult",
     "TopologyRun",
     "compare_decode",
     "compare_topologies",
     "load_panel",
     "measure_decode",
+    "run_regimes",
     "run_topology",
     "sweep_topologies",
 ]
@@ -43,6 +45,14 @@ ACTIVITY_TOLERANCE = 0.15  # "not higher": gated engine activity in the tail <= 
 # (so the coordinator's one slot is held long), an offered load well under one engine's capacity
 # (so the median request never waits), Poisson arrivals (so a few requests arrive together and wait).
 LESSON_WORKLOAD = {"rate_rps": 1.2, "max_tokens": 48, "duration_s": 60.0, "coordinator_max_concurrency": 1}
+
+# The three regimes of notebook 02 and the verdict each must get.
+REGIMES = {
+    "healthy": "healthy",
+    "coordinator-bound": "coordinator_bottleneck",
+    "engine-bound": "engine_saturation",
+}
+E2E_SPIKE_FACTOR = 2.0  # the gate's e2e p99 must be at least this x the healthy door's (same load)
 
 
 @dataclass
@@ -335,6 +345,232 @@ def compare_topologies(
             raise ConfigError(msg, field="doors", value=sorted(doors))
     runs = {name: run_topology(name, url, rate_rps=rate_rps, **kwargs) for name, url in doors.items()}
     return ExperimentResult(runs=runs, rate_rps=rate_rps, gated=gated, baseline=baseline, metric=metric)
+
+
+def _supported(q: float, n: int) -> bool:
+    """Whether n samples have one above the q-th percentile (n >= 100 for p99, 20 for p95)."""
+    return n * (100.0 - q) / 100.0 >= 1.0 - 1e-9
+
+
+@dataclass
+class RegimeResult:
+    """The three regimes on the same engines: healthy, coordinator-bound and engine-bound."""
+
+    runs: dict[str, TopologyRun]
+    loads: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, regime: str) -> dict[str, Any]:
+        """Return one regime's numbers: latency percentiles (with n), engine occupancy, verdict."""
+        run = self.runs[regime]
+        ev = run.diagnosis.evidence
+        out: dict[str, Any] = {"regime": regime, "door": run.name, "load": self.loads.get(regime, "")}
+        for metric in ("ttft", "e2e"):
+            summary = run.summary.metrics.get(metric)
+            n = int(summary.count) if summary is not None else 0
+            out[f"{metric}_n"] = n
+            for q in (50, 95, 99):
+                value = summary.percentiles.get(f"p{q}") if summary is not None else None
+                out[f"{metric}_p{q}_s"] = value if value is not None and _supported(q, n) else None
+            ci = (summary.ci or {}).get("p99") if summary is not None else None
+            out[f"{metric}_p99_ci_s"] = list(ci) if ci and _supported(99, n) else None
+        out["p99_supported"] = _supported(99, out["e2e_n"])
+        out["engine_waiting_mean"] = ev.get("engine_waiting_mean_all")
+        out["engine_slots_in_use"] = ev.get("engine_running_fraction_all")
+        out["engine_active_mean"] = ev.get("engine_active_mean_all")
+        out["verdict"] = run.diagnosis.verdict
+        out["expected"] = REGIMES.get(regime)
+        out["right"] = out["verdict"] == out["expected"]
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """Return :meth:`row` of every regime, in the lesson's order."""
+        return [self.row(r) for r in REGIMES if r in self.runs]
+
+    def claim(self) -> dict[str, Any]:
+        """Check the lesson: each regime diagnosed right, and the gate's spike visible end to end.
+
+        Returns
+        -------
+        dict
+            ``verdicts`` (regime -> verdict), ``verdicts_right``, ``e2e_p99_healthy_s``,
+            ``e2e_p99_coordinator_s``, ``e2e_p99_factor`` (their ratio), ``e2e_spike_visible``
+            (factor >= :data:`E2E_SPIKE_FACTOR`), ``engine_waiting`` per regime, and ``holds``.
+        """
+        rows = {r["regime"]: r for r in self.table()}
+        verdicts = {k: v["verdict"] for k, v in rows.items()}
+        right = all(v["right"] for v in rows.values()) and len(rows) == len(REGIMES)
+
+        def p99(regime: str) -> float | None:
+            run = self.runs.get(regime)
+            summary = run.summary.metrics.get("e2e") if run is not None else None
+            return summary.percentiles.get("p99") if summary is not None else None
+
+        healthy, gated = p99("healthy"), p99("coordinator-bound")
+        factor = gated / healthy if healthy and gated else None
+        return {
+            "verdicts": verdicts,
+            "verdicts_right": right,
+            "e2e_p99_healthy_s": healthy,
+            "e2e_p99_coordinator_s": gated,
+            "e2e_p99_factor": factor,
+            "e2e_p99_factor_min": E2E_SPIKE_FACTOR,
+            "e2e_spike_visible": factor is not None and factor >= E2E_SPIKE_FACTOR,
+            "e2e_n": {k: v["e2e_n"] for k, v in rows.items()},
+            "engine_waiting": {k: v["engine_waiting_mean"] for k, v in rows.items()},
+            "engine_slots_in_use": {k: v["engine_slots_in_use"] for k, v in rows.items()},
+            "holds": bool(right and factor is not None and factor >= E2E_SPIKE_FACTOR),
+        }
+
+    def comparison(self) -> ExperimentResult:
+        """Return the healthy and the coordinator-bound run as the two-door comparison (same load)."""
+        return ExperimentResult(
+            runs={"distributed": self.runs["healthy"], "gated": self.runs["coordinator-bound"]},
+            rate_rps=float(getattr(self.runs["healthy"].result.config, "rate_rps", 0.0) or 0.0),
+        )
+
+    def sentence(self) -> str:
+        """Say what the runs showed, from their numbers only."""
+        c = self.claim()
+        parts = []
+        for regime, verdict in c["verdicts"].items():
+            expected = REGIMES[regime]
+            parts.append(f"{regime}: {verdict}" + ("" if verdict == expected else f" (the lesson expects {expected})"))
+        text = "Verdicts: " + "; ".join(parts) + "."
+        if c["e2e_p99_factor"] is not None:
+            text += (
+                f" Behind the gate end-to-end p99 was {c['e2e_p99_coordinator_s']:.3f} s against "
+                f"{c['e2e_p99_healthy_s']:.3f} s through the distributed door at the same load "
+                f"({c['e2e_p99_factor']:.1f}x; the lesson looks for >= {E2E_SPIKE_FACTOR:g}x)."
+            )
+        small = [k for k, n in c["e2e_n"].items() if not _supported(99, n)]
+        if small:
+            text += f" p99 is not reported for {', '.join(small)}: fewer than 100 requests."
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (claim, table, each run's summary and diagnosis)."""
+        return {
+            "claim": self.claim(),
+            "table": self.table(),
+            "loads": dict(self.loads),
+            "runs": {k: v.to_dict() for k, v in self.runs.items()},
+            "notes": list(self.notes),
+        }
+
+    def __repr__(self) -> str:
+        return f"RegimeResult({', '.join(self.runs)}): {self.sentence()}"
+
+    def _repr_html_(self) -> str:
+        def cell(value: Any, scale: float = 1.0, digits: int = 3) -> str:
+            if value is None:
+                return "<td>&ndash;</td>"
+            if isinstance(value, float):
+                return f"<td>{value * scale:.{digits}g}</td>"
+            return f"<td>{html.escape(str(value))}</td>"
+
+        head = (
+            "<tr><th>regime</th><th>door</th><th>load</th><th>n</th><th>TTFT p50 ms</th><th>TTFT p99 ms</th>"
+            "<th>e2e p50 s</th><th>e2e p99 s</th><th>e2e p99 95% CI s</th><th>waiting / engine</th>"
+            "<th>slots in use</th><th>verdict</th></tr>"
+        )
+        body = ""
+        for r in self.table():
+            ci = r["e2e_p99_ci_s"]
+            mark = "&#10003;" if r["right"] else f"&#10007; (expected {html.escape(str(r['expected']))})"
+            body += (
+                f"<tr><td>{html.escape(r['regime'])}</td><td>{html.escape(r['door'])}</td>"
+                f"<td>{html.escape(r['load'])}</td><td>{r['e2e_n']}</td>"
+                + cell(r["ttft_p50_s"], 1e3)
+                + cell(r["ttft_p99_s"], 1e3)
+                + cell(r["e2e_p50_s"])
+                + cell(r["e2e_p99_s"])
+                + (f"<td>{ci[0]:.3g} &ndash; {ci[1]:.3g}</td>" if ci else "<td>&ndash;</td>")
+                + cell(r["engine_waiting_mean"])
+                + (
+                    f"<td>{r['engine_slots_in_use']:.0%}</td>"
+                    if r["engine_slots_in_use"] is not None
+                    else "<td>&ndash;</td>"
+                )
+                + f"<td>{html.escape(r['verdict'])} {mark}</td></tr>"
+            )
+        return f"<table>{head}{body}</table><p>{html.escape(self.sentence())}</p>"
+
+
+def run_regimes(
+    doors: Mapping[str, str],
+    *,
+    rate_rps: float,
+    duration_s: float,
+    max_tokens: int,
+    engine_users: int,
+    engine_duration_s: float | None = None,
+    expected_replicas: int | None = None,
+    **kwargs: Any,
+) -> RegimeResult:
+    """Produce the three regimes on the same engines and diagnose each.
+
+    * **healthy**: the distributed door at ``rate_rps`` (open loop, Poisson);
+    * **coordinator-bound**: the gated door at the same offered load;
+    * **engine-bound**: the distributed door with ``engine_users`` closed-loop users, more
+      requests in flight than the engines have slots, so requests wait inside the engines.
+
+    Parameters
+    ----------
+    doors : mapping of str to str
+        Must hold ``"distributed"`` and ``"gated"`` (base URLs of the same engines).
+    rate_rps : float
+        Offered load of the healthy and coordinator-bound runs.
+    duration_s : float
+        Measured seconds of those two runs.
+    max_tokens : int
+        Tokens per answer (every answer this long).
+    engine_users : int
+        Closed-loop users of the engine-bound run; more than replicas x ``max_num_seqs``.
+    engine_duration_s : float, optional
+        Measured seconds of the engine-bound run (default ``duration_s``).
+    expected_replicas : int, optional
+        Replicas behind the doors (an idle one counts as a share of 0).
+    **kwargs
+        Passed to :func:`run_topology` (seed, records_dir, progress...).
+
+    Returns
+    -------
+    RegimeResult
+        The runs, the table and the claim.
+
+    Raises
+    ------
+    ConfigError
+        A door is missing, or ``engine_users`` < 1.
+    """
+    for key in ("distributed", "gated"):
+        if key not in doors:
+            msg = f"Door '{key}' is missing. Given: {sorted(doors)}; run_regimes needs 'distributed' and 'gated'."
+            raise ConfigError(msg, field="doors", value=sorted(doors))
+    if engine_users < 1:
+        msg = f"engine_users={engine_users!r} must be >= 1 (more than replicas x max_num_seqs to fill the engines)."
+        raise ConfigError(msg, field="engine_users", value=engine_users)
+    common = {"max_tokens": max_tokens, "expected_replicas": expected_replicas, **kwargs}
+    runs = {
+        "healthy": run_topology(
+            "distributed", doors["distributed"], rate_rps=rate_rps, duration_s=duration_s, **common
+        ),
+        "coordinator-bound": run_topology("gated", doors["gated"], rate_rps=rate_rps, duration_s=duration_s, **common),
+        "engine-bound": run_topology(
+            "distributed",
+            doors["distributed"],
+            users=engine_users,
+            duration_s=engine_duration_s or duration_s,
+            **common,
+        ),
+    }
+    loads = {
+        "healthy": f"{rate_rps:g} req/s",
+        "coordinator-bound": f"{rate_rps:g} req/s",
+        "engine-bound": f"{engine_users} users",
+    }
+    return RegimeResult(runs=runs, loads=loads)
 
 
 def sweep_topologies(doors: Mapping[str, str], rates_rps: Sequence[float], **kwargs: Any) -> dict[str, list[Any]]:
