@@ -3,7 +3,8 @@
 Owns: ``SCHEMA_VERSION``, ``HASH_ALGORITHM`` and ``MAX_LOG_BYTES``; the conversion of summaries,
 records, numpy values and dataclasses to plain JSON data; the canonical JSON form and the
 integrity hash over it; reading the JSON Schema ``verification/schema/verification-log.v1.schema.json``
-and validating a log against it (with a fast path for the long sample columns).
+and validating a log against it (long arrays and maps of simple items, such as the sample
+columns and series, are checked by a fast loop; jsonschema sees the rest).
 """
 
 from __future__ import annotations
@@ -169,41 +170,87 @@ _ITEM_TYPES = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def _column_item_rules() -> dict[str, tuple[tuple[str, ...], float | None]]:
-    """Item rules of the sample columns, read from the schema (only type and minimum).
+_LONG = 64  # arrays and maps longer than this are checked item by item here, not by jsonschema
+_MAX_OBJECTS = 256  # objects of one array validated by jsonschema; a log has a few nodes, GPUs, answers
 
-    Thousands of per-request values make jsonschema slow (a second per log), so
-    :func:`validate_log` checks the columns' items with these rules and leaves everything else
-    to jsonschema. A column whose item schema uses other keywords is left to jsonschema.
+
+def _resolve(spec: Any) -> Any:
+    if isinstance(spec, dict) and "$ref" in spec:
+        return load_schema()["$defs"].get(str(spec["$ref"]).rsplit("/", 1)[-1], {})
+    return spec
+
+
+def _simple_rule(spec: Any) -> tuple[tuple[str, ...], float | None] | None:
+    """(types, minimum) of an item schema that uses only ``type`` and ``minimum``; else None."""
+    spec = _resolve(spec)
+    if not isinstance(spec, dict) or not spec or set(spec) - {"type", "minimum", "description"}:
+        return None
+    kinds = spec.get("type", [])
+    kinds = tuple([kinds] if isinstance(kinds, str) else kinds)
+    return (kinds, spec.get("minimum")) if kinds and all(k in _ITEM_TYPES for k in kinds) else None
+
+
+def _lighten(spec: Any, value: Any, path: str, deferred: list, notes: list[str]) -> Any:
+    """Return value with its long homogeneous arrays and maps cut for jsonschema.
+
+    The cut-off items of simple type go to ``deferred`` (checked by :func:`_check_deferred`, a
+    Python loop, thousands of times faster than jsonschema on per-request columns and series);
+    arrays of objects longer than ``_MAX_OBJECTS`` are validated on their first items only and
+    the rest is named in ``notes``.
     """
-    schema = load_schema()
-    columns = schema["properties"]["samples"]["properties"]["requests"]["properties"]["columns"]["properties"]
-    rules = {}
-    for name, spec in columns.items():
-        if "$ref" in spec:
-            spec = schema["$defs"][spec["$ref"].rsplit("/", 1)[-1]]
+    spec = _resolve(spec)
+    if not isinstance(spec, dict):
+        return value
+    if isinstance(value, list):
         items = spec.get("items", {})
-        if set(spec) - {"type", "items", "description"} or set(items) - {"type", "minimum"}:
-            continue
-        kinds = items.get("type", [])
-        rules[name] = (tuple([kinds] if isinstance(kinds, str) else kinds), items.get("minimum"))
-    return rules
+        rule = _simple_rule(items)
+        if rule is not None and len(value) > _LONG:
+            deferred.append((path, value, 1, rule))
+            return value[:1]
+        if len(value) > _MAX_OBJECTS:
+            notes.append(
+                f"{path}: {len(value)} items, more than any run of the course has; "
+                f"only the first {_MAX_OBJECTS} were validated"
+            )
+            value = value[:_MAX_OBJECTS]
+        if isinstance(items, dict) and items:
+            return [_lighten(items, v, f"{path}[{i}]", deferred, notes) for i, v in enumerate(value)]
+        return value
+    if isinstance(value, dict):
+        properties = spec.get("properties", {})
+        extra = spec.get("additionalProperties")
+        rule = _simple_rule(extra) if isinstance(extra, dict) else None
+        out = {}
+        required = set(spec.get("required", []))
+        others = {k: v for k, v in value.items() if k not in properties}
+        if rule is not None and len(others) > _LONG:
+            deferred.append((path, {k: v for k, v in others.items() if k not in required}, None, rule))
+            others = {k: v for k, v in others.items() if k in required}
+        for key, item in value.items():
+            if key in properties:
+                out[key] = _lighten(properties[key], item, f"{path}.{key}", deferred, notes)
+            elif key in others:
+                out[key] = _lighten(extra, item, f"{path}.{key}", deferred, notes) if isinstance(extra, dict) else item
+        return out
+    return value
 
 
-def _split_columns(data: Any) -> tuple[Any, dict[str, list[Any]]]:
-    """Return data with long sample columns cut to one item, and the cut-off columns."""
-    samples = data.get("samples") if isinstance(data, dict) else None
-    requests = samples.get("requests") if isinstance(samples, dict) else None
-    columns = requests.get("columns") if isinstance(requests, dict) else None
-    if not isinstance(columns, dict):
-        return data, {}
-    rules = _column_item_rules()
-    long = {k: v for k, v in columns.items() if k in rules and isinstance(v, list) and len(v) > 1}
-    if not long:
-        return data, {}
-    cut = {k: v[:1] if k in long else v for k, v in columns.items()}
-    return {**data, "samples": {**samples, "requests": {**requests, "columns": cut}}}, long
+def _check_deferred(deferred: list, max_errors: int) -> list[str]:
+    problems: list[str] = []
+    for path, values, skip, (kinds, minimum) in deferred:
+        checks = [_ITEM_TYPES[k] for k in kinds]
+        pairs = enumerate(values[skip:], start=skip) if isinstance(values, list) else values.items()
+        for where, value in pairs:
+            at = f"{path}[{where}]" if isinstance(values, list) else f"{path}.{where}"
+            if not any(check(value) for check in checks):
+                problems.append(f"{at}: {value!r:.60} is not of type {list(kinds)}")
+            elif minimum is not None and value is not None and not isinstance(value, (str, bool)) and value < minimum:
+                problems.append(f"{at}: {value!r} is less than the minimum of {minimum}")
+            else:
+                continue
+            if len(problems) >= max_errors:
+                return problems
+    return problems
 
 
 def validate_log(data: Any, *, max_errors: int = 20) -> list[str]:
@@ -234,26 +281,14 @@ def validate_log(data: Any, *, max_errors: int = 20) -> list[str]:
         msg = "Validating verification logs needs jsonschema. Run pip install jsonschema."
         raise MissingDependencyError(msg) from None
     validator = _validator(jsonschema.Draft202012Validator)
-    light, long = _split_columns(data)
+    deferred: list = []
+    notes: list[str] = []
+    light = _lighten(load_schema(), data, "$", deferred, notes)
     problems = []
     for error in validator.iter_errors(light):
         where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
         problems.append(f"{where}: {error.message[:300]}")
         if len(problems) >= max_errors:
             return problems
-    rules = _column_item_rules()
-    for name, values in long.items():
-        kinds, minimum = rules[name]
-        checks = [_ITEM_TYPES[k] for k in kinds if k in _ITEM_TYPES]
-        for i, value in enumerate(values[1:], start=1):
-            if not any(check(value) for check in checks):
-                problems.append(f"$.samples.requests.columns.{name}[{i}]: {value!r:.60} is not of type {list(kinds)}")
-            elif minimum is not None and value is not None and not isinstance(value, str) and value < minimum:
-                problems.append(
-                    f"$.samples.requests.columns.{name}[{i}]: {value!r} is less than the minimum of {minimum}"
-                )
-            else:
-                continue
-            if len(problems) >= max_errors:
-                return problems
-    return problems
+    problems += _check_deferred(deferred, max_errors - len(problems))
+    return (problems + notes)[:max_errors]
