@@ -185,9 +185,12 @@ class ClusterHandle:
         descendants = _session_descendants(self._session_marker()) if self._cluster is not None else []
         with _drop_expected_teardown_lines():
             try:
-                from ray import serve
+                if self.embedded and ray.is_initialized() and _serve_is_running():
+                    import logging
 
-                if self.embedded and ray.is_initialized():
+                    from ray import serve
+
+                    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO is not an error
                     serve.shutdown()
             except Exception:  # noqa: BLE001 - best effort: the processes are killed below anyway
                 pass
@@ -237,6 +240,17 @@ class ClusterHandle:
 
 
 _ACTIVE: set[ClusterHandle] = set()
+
+
+def _serve_is_running() -> bool:
+    """Whether Serve's controller runs on the connected cluster (else there is nothing to shut down)."""
+    import ray
+
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return False
+    return True
 
 
 def _stop_all_at_exit() -> None:
