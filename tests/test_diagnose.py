@@ -418,3 +418,13 @@ def test_full_engines_by_slots_in_use_are_saturation_even_without_waiting():
     d = diagnose(recs, make_telemetry(recs, running=4), engine_capacity=4)
     assert d.verdict == "engine_saturation"
     assert "100% of their 4 slots in use" in d.explanation
+
+
+def test_a_coordinator_so_busy_that_every_request_waits_is_still_the_coordinator():
+    """Past the gate's capacity the median waits too: no spike, but the time is before the engine."""
+    recs = make_run(slow_every=1, slow_pre_s=0.6)
+    d = diagnose(recs, make_telemetry(recs))
+    assert d.evidence["e2e_p99_p50_ratio"] < 2
+    assert d.verdict == "coordinator_bottleneck"
+    assert "the median request spent" in d.explanation and "before the engine" in d.explanation
+    assert diagnose(make_run(slow_every=0), make_telemetry(make_run(slow_every=0))).verdict == "healthy"

@@ -154,6 +154,8 @@ def _tail_evidence(ok: list[RequestRecord], ev: dict[str, float | None]) -> list
             ev["tail_pre_engine_fraction"] = sum(tail_v) / tail_e2e_sum
     queue = [v for v in (r.server.get("engine_queue_s") for r in ok) if v is not None]
     ev["engine_queue_fraction_median"] = _ratio(_median(queue), med) if queue else None
+    pre = [v for v in (_pre_engine(r) for r in ok) if v is not None]
+    ev["pre_engine_fraction_median"] = _ratio(_median(pre), med) if pre else None
     return _merge([(r.sent_s, r.done_s) for r in tail])
 
 

@@ -216,6 +216,15 @@ def _decide(
         )
     if imbalanced:
         return "load_imbalance", _why_imbalance(ev, th, ratio_txt)
+    if ev.get("pre_engine_fraction_median") is not None and check(
+        "pre_engine_fraction_median", ">=", "pre_engine_share_min"
+    ):
+        return "coordinator_bottleneck", (
+            f"{ratio_txt}, an even tail, but the median request spent "
+            f"{_fmt_pct(ev['pre_engine_fraction_median'])} of its time before the engine (proxy, router, "
+            f"coordinator) while {_room(ev, th, has_tel)}: every request queues before the engines; the "
+            f"coordinator / load balancer is the bottleneck, not engine throughput."
+        )
     return "healthy", (
         f"{ratio_txt} (under tail_ratio_e2e = {_fmt(th.tail_ratio_e2e)} and tail_ratio_ttft = "
         f"{_fmt(th.tail_ratio_ttft)}), the load is spread evenly and {_room(ev, th, has_tel)}: "
