@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SERVER = ROOT / "tests" / "_fake_openai.py"
 sys.path.insert(0, str(HERE))
-from bench_load_fidelity import _cpu_of, _Foreign, _own_cpu  # noqa: E402
+from bench_load_fidelity import _cpu_of, _Foreign, _own_cpu, _version  # noqa: E402
 
 MODES = ("timerfd", "loop")
 CONDITIONS = ("idle", "hog")
@@ -258,7 +259,7 @@ def drive(args: argparse.Namespace) -> int:
                                                           "itl_ms": ITL_MS, "tokens": TOKENS},
                   "hog": "python -c 'while True: pass' pinned to the client's core",
                   "cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
-                  "kernel": platform.release()},
+                  "kernel": re.match(r"[\d.]*", platform.release()).group(0), "uvloop": _version("uvloop")},
         "summary": summary, "rows": rows,
     }
     out = Path(args.out)
