@@ -84,7 +84,9 @@ def plot_latency_histogram(
         raise ConfigError(msg, field="bins", value=bins)
     values = _values(records, metric, name, include_failures)
     failed = _n_failed(records) if include_failures and metric in _PENALIZED else 0
-    pct = _percentiles(values, percentiles)
+    # a percentile is marked only where a request lies above it (n >= 100 for p99)
+    left_out = [q for q in percentiles if not _supported(q, len(values))]
+    pct = _percentiles(values, [q for q in percentiles if q not in left_out])
     unit, scale = _unit(max(values))
     xs = [v * scale for v in values]
     edges = stats.histogram_bins(xs, bins=bins, log=log_x)
@@ -114,6 +116,13 @@ def plot_latency_histogram(
             ha="right" if right else "left",
             va="top",
             fontweight="bold",
+        )
+    if left_out:
+        ax.plot(
+            [],
+            [],
+            " ",
+            label=f"{', '.join(_label_q(q) for q in left_out)} not marked: n = {len(values)} has no request above it",
         )
     ax.set_xlabel(f"{_label(metric)} ({unit})" + (", log scale" if log_x else ""))
     ax.set_ylabel("requests" if metric in _PENALIZED else "samples")
