@@ -734,6 +734,20 @@ def compare_decode(split: DecodeRun, whole: DecodeRun) -> dict[str, Any]:
     return {"ratio": ratio, "added_ms": added, "sentence": sentence}
 
 
+def _door_down(url: str, timeout_s: float = 3.0) -> str | None:
+    """Return why a door does not answer ``GET /v1/models``, or None when it does."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=timeout_s):  # noqa: S310 - local door
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
 def load_panel(
     doors: Mapping[str, str],
     *,
@@ -775,7 +789,14 @@ def load_panel(
     from IPython.display import display
 
     door = widgets.Dropdown(options=list(doors), value=next(iter(doors)), description="topology")
-    rate = widgets.FloatSlider(value=rate_rps, min=0.5, max=max_rate_rps, step=0.5, description="rate req/s")
+    rate = widgets.FloatSlider(
+        value=rate_rps,
+        min=0.1,
+        max=max(max_rate_rps, rate_rps),
+        step=0.1,
+        description="rate req/s",
+        readout_format=".1f",
+    )
     duration = widgets.FloatSlider(value=duration_s, min=2.0, max=60.0, step=1.0, description="duration s")
     button = widgets.Button(description="Run", button_style="primary", icon="play")
     status = widgets.HTML(value="<i>ready</i>")
@@ -788,18 +809,31 @@ def load_panel(
         status.value = f"running {door.value} at {rate.value:g} req/s for {duration.value:g} s..."
         output.clear_output()
         try:
+            url = doors[door.value]
+            reason = _door_down(url)
+            if reason:
+                status.value = (
+                    f"<span style='color:#D55E00'>The {html.escape(door.value)} door does not answer "
+                    f"({html.escape(reason)}): the cluster was stopped, e.g. by the notebook's last cell. "
+                    "Run the notebook from the top (Run All stops the cluster at the end: run the cells "
+                    "down to the panel instead) and press Run again.</span>"
+                )
+                return
             with output:
                 run = run_topology(
                     door.value,
-                    doors[door.value],
+                    url,
                     rate_rps=rate.value,
                     duration_s=duration.value,
                     max_tokens=max_tokens,
                     telemetry=False,
                     warmup_requests=2,
+                    progress=False,
                 )
                 display(run.summary)
-                display(plot_latency_histogram(run.result, "e2e", name=f"{door.value} @ {rate.value:g} req/s"))
+                name = f"{door.value} @ {rate.value:.1f} req/s"
+                display(plot_latency_histogram(run.result, "ttft", name=name, log_x=True))
+                display(plot_latency_histogram(run.result, "e2e", name=name))
             status.value = f"done: verdict <b>{html.escape(run.diagnosis.verdict)}</b>"
         except Exception as err:  # noqa: BLE001 - show the error in the panel instead of a dead button
             status.value = f"<span style='color:#D55E00'>failed: {html.escape(str(err))}</span>"
