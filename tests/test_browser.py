@@ -1,7 +1,9 @@
-"""JupyterLab in headless Chromium: open the load notebook, run it, see the histogram and the panel.
+"""JupyterLab in headless Chromium, as a learner: Run All of notebooks 00 and 02, then no red text anywhere.
 
 Chromium is Debian's (``scripts/setup_browser.sh``); Playwright drives it without downloading a
-browser. The screenshot is kept under ``test-artifacts/``.
+browser. JupyterLab starts as ``make lab`` starts it (kernels over IPC sockets). After each Run All,
+no output may be stderr (Jupyter draws stderr and errors in red) nor hold a traceback; notebook 02
+must show its histograms and the panel. The screenshots are kept under ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def jupyter_lab(tmp_path):
     book = load_notebook_node(str(ROOT / "notebooks" / "02_load_exercise.ipynb"))
     book = parameterize_notebook(book, {**SMALL, "output_dir": str(workdir / "out")})
     write_ipynb(book, str(workdir / "load.ipynb"))
+    book = load_notebook_node(str(ROOT / "notebooks" / "00_environment_check.ipynb"))
+    book = parameterize_notebook(book, {"learner_id": "browser", "output_dir": str(workdir / "out")})
+    write_ipynb(book, str(workdir / "environment.ipynb"))
     from labkit.cluster import kill_leftovers, list_session_dirs
 
     before = list_session_dirs()
@@ -47,8 +52,10 @@ def jupyter_lab(tmp_path):
     token = secrets.token_hex(16)  # never printed or saved
     # Render every cell (JupyterLab 4 otherwise draws only the cells on screen) and skip the news prompt.
     settings = workdir / ".settings"
-    for ext, name, body in (("notebook-extension", "tracker", '{"windowingMode": "none"}'),
-                            ("apputils-extension", "notification", '{"fetchNews": "false"}')):
+    for ext, name, body in (
+        ("notebook-extension", "tracker", '{"windowingMode": "none"}'),
+        ("apputils-extension", "notification", '{"fetchNews": "false"}'),
+    ):
         folder = settings / "@jupyterlab" / ext
         folder.mkdir(parents=True)
         (folder / f"{name}.jupyterlab-settings").write_text(body)
@@ -67,6 +74,7 @@ def jupyter_lab(tmp_path):
             "--ServerApp.open_browser=False",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--KernelManager.transport=ipc",  # as `make lab`
             *(["--allow-root"] if os.geteuid() == 0 else []),
         ],
         cwd=workdir,
@@ -96,7 +104,34 @@ def jupyter_lab(tmp_path):
         kill_leftovers(folder)
 
 
-def test_load_notebook_runs_in_jupyterlab_and_shows_histogram_and_panel(jupyter_lab):
+_RED = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"  # stderr and errors
+
+
+def _run_all(page, base: str, token: str, name: str, timeout_s: float) -> bool:
+    """Open a notebook, Run All Cells, wait until the last code cell has run (or a cell raised)."""
+    page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-DebuggerBugButton, .jp-KernelStatus", timeout=90_000)
+    time.sleep(3)  # let the kernel connect
+    page.click("text=Run", timeout=30_000)
+    page.click("text=Run All Cells", timeout=30_000)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = page.evaluate(
+            """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+                       return p.length > 0 && /\\[\\d+\\]/.test(p[p.length - 1].textContent); }"""
+        )
+        if done or page.locator(f"{_RED}:has-text('Traceback')").count():
+            return bool(done)
+        time.sleep(2)
+    return False
+
+
+def _red_texts(page) -> list[str]:
+    return [text[:500] for text in page.locator(_RED).all_inner_texts()]
+
+
+def test_learner_runs_notebooks_in_jupyterlab_and_sees_no_red_text(jupyter_lab):
     from playwright.sync_api import sync_playwright
 
     base, token, workdir = jupyter_lab
@@ -118,27 +153,13 @@ def test_load_notebook_runs_in_jupyterlab_and_shows_histogram_and_panel(jupyter_
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{base}/lab/tree/load.ipynb?token={token}", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook", timeout=90_000)
-            page.wait_for_selector(
-                ".jp-Notebook-ExecutionIndicator, .jp-DebuggerBugButton, .jp-KernelStatus", timeout=90_000
-            )
-            time.sleep(3)  # let the kernel connect
-            page.click("text=Run", timeout=30_000)
-            page.click("text=Run All Cells", timeout=30_000)
-            # The last cell stops the cluster; wait until it has an execution count.
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                done = page.evaluate(
-                    """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
-                               return p.length > 0 && /\\[\\d+\\]/.test(p[p.length - 1].textContent); }"""
-                )
-                errors = page.locator(
-                    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] :text('Traceback')"
-                ).count()
-                if done or errors:
-                    break
-                time.sleep(2)
+            done = _run_all(page, base, token, "environment.ipynb", timeout_s=180)
+            page.screenshot(path=str(artifacts / "jupyterlab-environment.png"), full_page=False)
+            assert done, "notebook 00 did not finish within 3 minutes"
+            assert _red_texts(page) == [], "notebook 00 showed red output"
+            assert page.locator(".jp-OutputArea-output:has-text('learner id: browser')").count() == 1
+
+            done = _run_all(page, base, token, "load.ipynb", timeout_s=600)
             images = page.locator(".jp-OutputArea-output img")
             assert images.count() >= 4, "the histograms did not render"
             panel = page.locator(".labkit-load-panel")
@@ -149,8 +170,8 @@ def test_load_notebook_runs_in_jupyterlab_and_shows_histogram_and_panel(jupyter_
             page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts / "jupyterlab-load-notebook.png"), full_page=False)
             assert done, "the notebook did not finish within 10 minutes"
-            tracebacks = page.locator(".jp-OutputArea-output:has-text('Traceback')").count()
-            assert tracebacks == 0, "a cell raised"
+            assert page.locator(".jp-OutputArea-output:has-text('Traceback')").count() == 0, "a cell raised"
+            assert _red_texts(page) == [], "notebook 02 showed red output"
         finally:
             page.screenshot(path=str(artifacts / "jupyterlab-last.png"))
             browser.close()
