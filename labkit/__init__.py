@@ -40,6 +40,7 @@ _EXPORTS = {
     "resolve_model": "labkit.models",
     "run_lab": "labkit.run",
     "run_load": "labkit.load",
+    "run_regimes": "labkit.experiment",
     "run_topology": "labkit.experiment",
     "save_figure": "labkit.plots",
     "start_cluster": "labkit.cluster",
