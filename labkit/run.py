@@ -130,7 +130,7 @@ def run_lab(
     if unknown:
         msg = f"Unknown notebook(s) {unknown}. Available: {sorted(p.name for p in source.glob('*.ipynb'))}"
         raise ConfigError(msg, field="notebooks", value=unknown)
-    declared = {name: set(papermill.inspect_notebook(str(source / name))) for name in names}
+    declared = {name: _declared_parameters(source / name) for name in names}
     _check_parameters(parameters or {}, per_notebook or {}, declared)
     out = run_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +178,22 @@ def run_lab(
         say(f"[{number}/{len(names)}] {name}: {outcome} in {_duration(entry['seconds'])}")
     (out / "run.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n")
     return run
+
+
+def _declared_parameters(path: Path) -> set[str]:
+    """Names the notebook's ``parameters`` cell assigns (read with ``ast``: comments may say anything)."""
+    import ast
+
+    book = json.loads(path.read_text(encoding="utf-8"))
+    for cell in book.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell.get("source", []))
+            names: set[str] = set()
+            for node in ast.parse(source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+            return names
+    return set()
 
 
 def _check_parameters(
