@@ -56,7 +56,7 @@ if ! kit_out=$("$py" -m pip install -q --no-deps -e . 2>&1); then
   exit 1
 fi
 # Fail loudly if the stack does not import.
-"$py" - <<'PY'
+VLLM_LOGGING_LEVEL=WARNING "$py" - <<'PY'  # vLLM's INFO on import is not news here
 import importlib, sys
 missing = []
 for name in ("torch", "vllm", "ray", "ray.serve", "transformers", "labkit", "papermill", "jupyterlab", "matplotlib"):
