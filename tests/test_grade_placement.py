@@ -74,6 +74,38 @@ def test_bad_placements_name_the_rule_the_rank_and_the_nodes(bad: dict, words: s
     assert any(words in p for p in problems), problems
 
 
+def test_the_kits_own_placement_record_passes() -> None:
+    """Placement.to_dict() as labkit.serve.ranks writes it: extra keys, source ray_runtime_context."""
+    record = placement(1, 2, [[A], [B]])
+    record["source"] = "ray_runtime_context"
+    record["notes"] = []
+    for r in record["replicas"][0]["ranks"]:
+        r["process"] = "ray actor"
+    assert placement_problems(record, set(NODES)) == []
+
+
+def test_a_placement_made_by_the_kits_classes_passes_and_its_own_check_agrees() -> None:
+    from labkit.serve.ranks import Placement, ReplicaPlacement, check_placement
+
+    ranks = [
+        {"rank": p, "tp_rank": 0, "pp_rank": p, "node_id": node, "node_name": f"worker-{p}", "pid": 10 + p,
+         "process": "ray actor"}
+        for p, node in enumerate((A, B))
+    ]  # fmt: skip
+    made = Placement(1, 2, [ReplicaPlacement("r1", A, "worker-0", ranks)]).to_dict()
+    assert placement_problems(made, set(NODES)) == [] == check_placement(made, set(NODES))
+    ranks[1]["node_id"] = A
+    split_wrong = Placement(1, 2, [ReplicaPlacement("r1", A, "worker-0", ranks)]).to_dict()
+    assert placement_problems(split_wrong, set(NODES)) and check_placement(split_wrong, set(NODES))
+
+
+def test_a_rank_without_a_node_id_is_named_not_taken_for_a_split() -> None:
+    record = placement(2, 1, [[A, A]])
+    record["replicas"][0]["ranks"][1]["node_id"] = ""
+    problems = placement_problems(record, set(NODES))
+    assert problems == ["replica rep0: 1 rank(s) with no node id, so where they ran is not shown"]
+
+
 def test_repeated_ranks_are_wrong() -> None:
     bad = placement(2, 1, [[A, A]])
     bad["replicas"][0]["ranks"][1]["rank"] = 0

@@ -604,14 +604,18 @@ def placement_problems(placement: Mapping[str, Any], cluster_ids: set[str] | Non
         if len({str(p) for p in pairs}) != len(pairs):
             problems.append(f"replica {rid}: (tp_rank, pp_rank) pairs repeat")
         stages: dict[int, set[str]] = {}
+        unknown = 0
         for r in ranks:
             t, p = _int(r.get("tp_rank")), _int(r.get("pp_rank"))
-            node = str(r.get("node_id"))[:80]
+            node = str(r.get("node_id") or "")[:80]
             if t is None or p is None or t >= tp or p >= pp:
                 problems.append(
                     f"replica {rid}: rank {str(r.get('rank'))[:10]} has tp_rank {str(r.get('tp_rank'))[:10]}, "
                     f"pp_rank {str(r.get('pp_rank'))[:10]} outside TP {tp} x PP {pp}"
                 )
+                continue
+            if not node:
+                unknown += 1  # the kit records the replica's node when a rank's own is unknown
                 continue
             stages.setdefault(p, set()).add(node)
             if cluster_ids is not None and node not in cluster_ids:
@@ -631,8 +635,10 @@ def placement_problems(placement: Mapping[str, Any], cluster_ids: set[str] | Non
                     f"replica {rid}: all {pp} pipeline stages ran on one node {sorted(x[:16] for x in distinct)} "
                     "(pipeline parallelism across nodes needs at least 2)"
                 )
+        if unknown:
+            problems.append(f"replica {rid}: {unknown} rank(s) with no node id, so where they ran is not shown")
         node = replica.get("node_id")
-        if cluster_ids is not None and node is not None and str(node)[:80] not in cluster_ids:
+        if cluster_ids is not None and node and str(node)[:80] not in cluster_ids:
             problems.append(f"replica {rid} ran on node {str(node)[:16]}, not in cluster.nodes")
     return problems
 
