@@ -51,7 +51,8 @@ def lab_cluster():
     """One embedded 3-node cluster for every test that needs the real stack."""
     from labkit.cluster import find_ray_processes, start_cluster
 
-    handle = start_cluster()
+    # start_timeout_s is a hang guard: the nodes register in seconds; a loaded machine can take minutes
+    handle = start_cluster(start_timeout_s=300.0)
     try:
         yield handle
     finally:

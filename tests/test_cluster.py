@@ -8,6 +8,9 @@ from _wait import until
 from labkit.cluster import ClusterConfig, connect_cluster, find_ray_processes, start_cluster
 from labkit.errors import ClusterError, ConfigError
 
+# A hang guard, not a measurement: the nodes register in seconds; a loaded machine can take minutes.
+_START_TIMEOUT_S = 300.0
+
 
 @pytest.mark.parametrize(
     ("overrides", "field", "words"),
@@ -49,7 +52,7 @@ def test_cluster_with_logical_gpus_places_tp_inside_nodes_and_pp_across():
     """3 nodes, 2 logical GPUs per worker: TP 2 x PP 2 bundles land 2 + 2 on the two workers."""
     from labkit.serve import ServeConfig, reserve_placement
 
-    with start_cluster(gpus_per_node=2) as handle:
+    with start_cluster(gpus_per_node=2, start_timeout_s=_START_TIMEOUT_S) as handle:
         names = {n.name: n for n in handle.nodes()}
         assert set(names) == {"head", "worker-1", "worker-2"}
         assert names["worker-1"].gpus == 2 and names["head"].gpus == 0
@@ -68,7 +71,10 @@ def test_cluster_with_logical_gpus_places_tp_inside_nodes_and_pp_across():
 @pytest.mark.slow
 def test_teardown_after_exception_leaves_no_ray_process():
     marker = None
-    with pytest.raises(RuntimeError, match="boom"), start_cluster(num_nodes=2) as handle:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        start_cluster(num_nodes=2, start_timeout_s=_START_TIMEOUT_S) as handle,
+    ):
         marker = handle._session_marker()
         assert len(handle.nodes()) == 2
         raise RuntimeError("boom")
@@ -214,7 +220,7 @@ def test_a_kernel_shows_no_teardown_noise_and_leaves_nothing_when_shut_down(tmp_
     try:
         seen = run(
             "import labkit\n"
-            "cluster = labkit.start_cluster()\n"
+            f"cluster = labkit.start_cluster(start_timeout_s={_START_TIMEOUT_S})\n"
             "dep = labkit.deploy(labkit.topology_preset('distributed', num_replicas=1))\n"
             "print('answer', bool(dep.complete('hello', max_tokens=4)['choices']))\n"
             "cluster.stop()\n"
@@ -223,7 +229,8 @@ def test_a_kernel_shows_no_teardown_noise_and_leaves_nothing_when_shut_down(tmp_
         assert seen["error"] == "" and "answer True" in seen["stdout"] and "stopped" in seen["stdout"], seen
         assert seen["stderr"] == "", seen["stderr"]
         assert "graceful_shutdown" not in seen["stdout"], seen["stdout"]
-        seen = run("cluster = labkit.start_cluster()\nprint(cluster.address, cluster.temp_dir)")
+        seen = run(f"cluster = labkit.start_cluster(start_timeout_s={_START_TIMEOUT_S})\n"
+                   "print(cluster.address, cluster.temp_dir)")
         address, folder = seen["stdout"].split()
         assert os.path.isdir(folder)
     finally:
