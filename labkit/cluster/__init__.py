@@ -8,8 +8,10 @@ without hardware) or *physical* ones split between the nodes through ``CUDA_VISI
 (several simulated nodes on one GPU host).
 
 Teardown is complete: :meth:`ClusterHandle.stop` disconnects the driver and kills every raylet,
-GCS and worker process the cluster started; it also runs on an exception inside ``with``, on a
-Jupyter interrupt (``KeyboardInterrupt`` is an exception) and at interpreter exit.
+GCS and worker process the cluster started; it also runs on an exception inside ``with`` and on a
+Jupyter interrupt (``KeyboardInterrupt`` is an exception). When the process itself ends (interpreter
+exit, or SIGTERM: a Jupyter kernel shut down or restarted) the cluster is killed at once instead,
+within the seconds Jupyter allows, and its session folder and Ray's address file go with it.
 
 Layout (import every name from ``labkit.cluster``; the submodules are its implementation, each
 importing only those above it): :mod:`~labkit.cluster.config` (:class:`ClusterConfig`, its
