@@ -327,4 +327,6 @@ def deploy_coordinator(
         .bind(handle, max_concurrency, deployment.config.telemetry)
     )
     serve.run(app, name=name, route_prefix=route_prefix)
-    return deployment.url + route_prefix
+    prefix = deployment.config.route_prefix.rstrip("/")
+    base = deployment.url[: -len(prefix)] if prefix and deployment.url.endswith(prefix) else deployment.url
+    return base + route_prefix
