@@ -17,7 +17,8 @@ SCRIPTS = [
     "bench_load_fidelity.py",
     "bench_telemetry_overhead.py",
     "bench_serve_overhead.py",
-    "bench_experiment.py",
+    "bench_regimes.py",
+    "bench_pipeline.py",
 ]
 
 
