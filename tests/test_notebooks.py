@@ -9,8 +9,13 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SMALL = {
-    "02_load_exercise.ipynb": {"duration_s": 10.0, "sweep_rates": [1.0, 3.0], "sweep_duration_s": 5.0},
-    "01_chapter_walkthrough.ipynb": {"num_prompts": 6},
+    "02_load_exercise.ipynb": {
+        "duration_s": 10.0,
+        "engine_duration_s": 8.0,
+        "sweep_rates": [1.0, 3.0],
+        "sweep_duration_s": 5.0,
+    },
+    "01_chapter_walkthrough.ipynb": {"num_prompts": 6, "decode_requests": 3},
 }
 
 
