@@ -25,7 +25,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SMALL = {"duration_s": 6.0, "sweep_rates": [2.0], "sweep_duration_s": 4.0, "max_tokens": 32, "learner_id": "browser"}
+SMALL = {
+    "duration_s": 6.0,
+    "engine_duration_s": 5.0,
+    "sweep_rates": [2.0],
+    "sweep_duration_s": 4.0,
+    "max_tokens": 32,
+    "learner_id": "browser",
+}
 
 
 @pytest.fixture
@@ -172,6 +179,14 @@ def test_learner_runs_notebooks_in_jupyterlab_and_sees_no_red_text(jupyter_lab):
             assert done, "the notebook did not finish within 10 minutes"
             assert page.locator(".jp-OutputArea-output:has-text('Traceback')").count() == 0, "a cell raised"
             assert _red_texts(page) == [], "notebook 02 showed red output"
+            # The panel after Run All: the last cell stopped the cluster. Pressing Run says so in one
+            # line and what to do, instead of a Python error.
+            page.locator(".labkit-load-panel button:has-text('Run')").first.click()
+            status = page.locator(".labkit-load-panel :text('does not answer')")
+            status.first.wait_for(timeout=60_000)
+            text = status.first.inner_text()
+            assert "cluster was stopped" in text and "Run the notebook from the top" in text, text
+            assert page.locator(".labkit-load-panel :text('local variable')").count() == 0
         finally:
             page.screenshot(path=str(artifacts / "jupyterlab-last.png"))
             browser.close()
