@@ -274,3 +274,20 @@ def test_cli_plot_writes_every_figure(tmp_path, capsys):
     bad = parser.parse_args(["plot", *paths, "--out", str(tmp_path), "--name", "only-one"])
     with pytest.raises(ConfigError, match="once per file"):
         bad.func(bad)
+
+
+def test_a_percentile_is_drawn_only_where_a_request_lies_above_it():
+    """30 requests have no request above their p99: the sweep leaves p99 out there and says so."""
+    few = make_records(n=30)
+    many = make_records(n=200)
+    fig = plot_percentiles_vs_load({1: few, 2: many})
+    (ax,) = fig.axes
+    p99 = next(line for line in ax.get_lines() if line.get_label() == "p99")
+    ys = list(p99.get_ydata())
+    assert ys[0] != ys[0] and ys[1] == ys[1]  # NaN at the 30-request point only
+    note = " ".join(t.get_text() for t in ax.texts)
+    assert "p99 at 1 req/s" in note and "n = 30, 200" in note
+    hist = plot_latency_histogram(few)
+    labels = line_labels(hist.axes[0])
+    assert not any(label.startswith("p99 =") for label in labels)
+    assert any("p99 not marked: n = 30" in label for label in hist.axes[0].get_legend_handles_labels()[1])
