@@ -179,7 +179,10 @@ class _Runner:
         await self._preflight()
         self.writer = _RecordWriter(self.records_path)
         total = cfg.warmup_requests + cfg.num_requests if cfg.num_requests else None
-        bar = _Progress(self.progress_enabled, total, f"load {cfg.arrival}")
+        desc = f"load {cfg.arrival}"
+        if cfg.warmup_requests:  # the bar counts them; the statistics leave them out
+            desc += f" (first {cfg.warmup_requests} are warm-up, not in the statistics)"
+        bar = _Progress(self.progress_enabled, total, desc)
         self.bar = bar
         import gc
 
