@@ -33,6 +33,14 @@ from labkit.errors import ClusterError, ConfigError
 __all__ = ["connect_cluster", "register_cli", "start_cluster"]
 
 
+# Every proxy of the embedded cluster listens on the same host and port (SO_REUSEPORT), so the kernel,
+# not a load balancer, hands each client connection to one proxy; with Serve's default preference for
+# replicas on the proxy's own node, the few keep-alive connections of one load generator would send
+# nearly every request to one replica. On a real cluster a load balancer spreads the connections over
+# the nodes' proxies and the preference is left on.
+_EMBEDDED_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+
+
 def _check_memory(config: ClusterConfig) -> None:
     import psutil
 
@@ -100,6 +108,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
         "object_store_memory": config.object_store_mb_per_node * 1024**2,
         "resources": {"labkit_head": 1.0, "labkit_node_head": 1.0},
         "labels": {NODE_LABEL: "head"},
+        "env_vars": dict(_EMBEDDED_ENV),
         "include_dashboard": config.include_dashboard,
         "temp_dir": temp_root,
     }
@@ -126,7 +135,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 # vLLM checks that the ranks of one replica on different nodes have different IP
                 # addresses; the nodes of the embedded cluster share a host, so each worker gets its own
                 # loopback address (labkit/serve/cpu_ray.py).
-                "env_vars": {"VLLM_HOST_IP": worker_host_ip(i)},
+                "env_vars": {**_EMBEDDED_ENV, "VLLM_HOST_IP": worker_host_ip(i)},
             }
             if config.memory_gb_per_node:
                 args["memory"] = int(config.memory_gb_per_node * _GIB)
