@@ -67,7 +67,9 @@ def main() -> None:
             claim = res.claim()
             row = {"seed": seed, "claim": claim, "table": res.table()}
             out["runs"].append(row)
-            print(f"seed {seed}: {res.sentence()}", flush=True)
+            balance = {k: run.diagnosis.evidence.get("balance_index_replica") for k, run in res.runs.items()}
+            row["balance_index_replica"] = balance
+            print(f"seed {seed}: {res.sentence()} Balance (Jain): {balance}", flush=True)
     out["wall_s"] = time.monotonic() - started
     regimes = list(out["runs"][0]["claim"]["verdicts"])
     out["right"] = {
