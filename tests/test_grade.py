@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import csv
 import datetime as dt
-import importlib.util
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from _grade_fixtures import ALICE, GEN, rehash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,22 +24,6 @@ from labkit.record import compute_log_hash
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "verification" / "reference"
 NOW = dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc)
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_reference_logs", ROOT / "verification/make_reference_logs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GEN = _generator()
-ALICE = json.loads((REFERENCE / "good/alice--02_multinode_serving.json").read_text())
-
-
-def rehash(data: dict) -> dict:
-    data["integrity"]["sha256"] = compute_log_hash(data)
-    return data
 
 
 def write(folder: Path, name: str, data: dict | bytes | str) -> Path:

@@ -9,29 +9,21 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import importlib.util
 import json
 import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _grade_fixtures import GEN, rehash
 
 from labkit.grade import grade_directory
-from labkit.record import build_log, compute_log_hash
+from labkit.record import build_log
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc)
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_reference_logs", ROOT / "verification/make_reference_logs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GEN = _generator()
 EXERCISE = "02_multinode_serving"
 
 
@@ -40,11 +32,6 @@ def _original() -> list:
 
 
 ALICE = GEN.make("alice", EXERCISE, _original())
-
-
-def rehash(data: dict) -> dict:
-    data["integrity"]["sha256"] = compute_log_hash(data)
-    return data
 
 
 def _perturbed(change: Callable[[list], list]) -> dict:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _grade_fixtures import ALICE, GEN, rehash
 
 from labkit.grade import grade_directory, verify_logs
 from labkit.load import RequestRecord
-from labkit.record import compute_log_hash
 from labkit.stats import summarize_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,23 +27,9 @@ NOW = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
 GPU_LOG = REFERENCE / "gpu" / "gpu-load-exercise--reference-gpu--20261127T125223Z--a4081245.json"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_reference_logs", ROOT / "verification/make_reference_logs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GEN = _generator()
-ALICE = json.loads((REFERENCE / "good/alice--02_multinode_serving.json").read_text())
 BOB = json.loads((REFERENCE / "good/bob--02_multinode_serving_gpu.json").read_text())
 CAROL = json.loads((REFERENCE / "good/carol--01_local_smoke.json").read_text())
 GPU = json.loads(GPU_LOG.read_text())
-
-
-def rehash(data: dict) -> dict:
-    data["integrity"]["sha256"] = compute_log_hash(data)
-    return data
 
 
 def codes(data: dict, tmp_path: Path, name: str = "x.json") -> set[str]:
