@@ -56,6 +56,8 @@ def main() -> None:
             res = labkit.run_regimes(
                 doors,
                 rate_rps=p["rate_rps"],
+                gate_utilization=p["gate_utilization"],
+                gate_slots=p["coordinator_max_concurrency"],
                 duration_s=p["duration_s"],
                 max_tokens=p["max_tokens"],
                 engine_users=users,

@@ -436,7 +436,7 @@ class RegimeResult:
         for regime, verdict in c["verdicts"].items():
             expected = REGIMES[regime]
             parts.append(f"{regime}: {verdict}" + ("" if verdict == expected else f" (the lesson expects {expected})"))
-        text = "Verdicts: " + "; ".join(parts) + "."
+        text = " ".join(self.notes) + (" " if self.notes else "") + "Verdicts: " + "; ".join(parts) + "."
         if c["e2e_p99_factor"] is not None:
             text += (
                 f" Behind the gate end-to-end p99 was {c['e2e_p99_coordinator_s']:.3f} s against "
@@ -500,12 +500,14 @@ class RegimeResult:
 def run_regimes(
     doors: Mapping[str, str],
     *,
-    rate_rps: float,
+    rate_rps: float | None = None,
     duration_s: float,
     max_tokens: int,
     engine_users: int,
     engine_duration_s: float | None = None,
     expected_replicas: int | None = None,
+    gate_utilization: float = 0.8,
+    gate_slots: int = 1,
     **kwargs: Any,
 ) -> RegimeResult:
     """Produce the three regimes on the same engines and diagnose each.
@@ -519,10 +521,18 @@ def run_regimes(
     ----------
     doors : mapping of str to str
         Must hold ``"distributed"`` and ``"gated"`` (base URLs of the same engines).
-    rate_rps : float
-        Offered load of the healthy and coordinator-bound runs.
+    rate_rps : float, optional
+        Offered load of the healthy and coordinator-bound runs. None: ``gate_utilization`` x the
+        gate's capacity, which is measured first: ``gate_slots`` / the time one answer of
+        ``max_tokens`` takes alone (the median of 3, through the distributed door). The same
+        utilization then means the same queue behind the gate on a laptop or a GPU.
     duration_s : float
         Measured seconds of those two runs.
+    gate_utilization : float
+        Share of the gate's capacity offered when ``rate_rps`` is None (0.8: the gate is busy 80% of
+        the time, so requests that arrive together queue before it; the engines stay mostly idle).
+    gate_slots : int
+        Requests the gate lets through at once (the coordinator's ``max_concurrency``).
     max_tokens : int
         Tokens per answer (every answer this long).
     engine_users : int
@@ -551,6 +561,21 @@ def run_regimes(
     if engine_users < 1:
         msg = f"engine_users={engine_users!r} must be >= 1 (more than replicas x max_num_seqs to fill the engines)."
         raise ConfigError(msg, field="engine_users", value=engine_users)
+    if not 0 < gate_utilization < 1:
+        msg = f"gate_utilization={gate_utilization!r} must be in (0, 1): at 1 or more the gate's queue never drains."
+        raise ConfigError(msg, field="gate_utilization", value=gate_utilization)
+    notes: list[str] = []
+    if rate_rps is None:
+        alone = measure_decode("alone", doors["distributed"], requests=3, max_tokens=max_tokens, warmup_requests=1)
+        if not alone.e2e_p50_s:
+            msg = f"Could not time one answer through {doors['distributed']}: no request succeeded."
+            raise ConfigError(msg, field="doors", value=doors["distributed"])
+        rate_rps = round(gate_utilization * gate_slots / alone.e2e_p50_s, 2)
+        notes.append(
+            f"One answer of {max_tokens} tokens took {alone.e2e_p50_s:.3f} s alone (median of {alone.n}), so the "
+            f"gate's {gate_slots} slot(s) serve about {gate_slots / alone.e2e_p50_s:.2f} req/s; offered "
+            f"{rate_rps:g} req/s ({gate_utilization:.0%} of that)."
+        )
     common = {"max_tokens": max_tokens, "expected_replicas": expected_replicas, **kwargs}
     runs = {
         "healthy": run_topology(
@@ -570,7 +595,7 @@ def run_regimes(
         "coordinator-bound": f"{rate_rps:g} req/s",
         "engine-bound": f"{engine_users} users",
     }
-    return RegimeResult(runs=runs, loads=loads)
+    return RegimeResult(runs=runs, loads=loads, notes=notes)
 
 
 def sweep_topologies(doors: Mapping[str, str], rates_rps: Sequence[float], **kwargs: Any) -> dict[str, list[Any]]:
@@ -609,6 +634,7 @@ class DecodeRun:
     ttft_p50_s: float | None
     tokens_per_s: float | None
     n: int
+    e2e_p50_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (records not included)."""
@@ -618,6 +644,7 @@ class DecodeRun:
             "tpot_p50_s": self.tpot_p50_s,
             "tpot_p95_s": self.tpot_p95_s,
             "ttft_p50_s": self.ttft_p50_s,
+            "e2e_p50_s": self.e2e_p50_s,
             "tokens_per_s": self.tokens_per_s,
         }
 
@@ -698,6 +725,7 @@ def measure_decode(
         ttft_p50_s=pct("ttft", "p50"),
         tokens_per_s=(1.0 / tpot) if tpot else None,
         n=sum(1 for r in result.records if not r.warmup and r.status == "ok"),
+        e2e_p50_s=pct("e2e", "p50"),
     )
 
 
