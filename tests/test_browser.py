@@ -116,9 +116,9 @@ _RED = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']" 
 
 def _run_all(page, base: str, token: str, name: str, timeout_s: float) -> bool:
     """Open a notebook, Run All Cells, wait until the last code cell has run (or a cell raised)."""
-    page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=90_000)
-    page.wait_for_selector(".jp-Notebook", timeout=90_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-DebuggerBugButton, .jp-KernelStatus", timeout=90_000)
+    page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=300_000)
+    page.wait_for_selector(".jp-Notebook", timeout=300_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-DebuggerBugButton, .jp-KernelStatus", timeout=300_000)
     time.sleep(3)  # let the kernel connect
     page.click("text=Run", timeout=30_000)
     page.click("text=Run All Cells", timeout=30_000)
@@ -160,13 +160,13 @@ def test_learner_runs_notebooks_in_jupyterlab_and_sees_no_red_text(jupyter_lab):
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            done = _run_all(page, base, token, "environment.ipynb", timeout_s=180)
+            done = _run_all(page, base, token, "environment.ipynb", timeout_s=600)
             page.screenshot(path=str(artifacts / "jupyterlab-environment.png"), full_page=False)
-            assert done, "notebook 00 did not finish within 3 minutes"
+            assert done, "notebook 00 did not finish within 10 minutes (a hang guard)"
             assert _red_texts(page) == [], "notebook 00 showed red output"
             assert page.locator(".jp-OutputArea-output:has-text('learner id: browser')").count() == 1
 
-            done = _run_all(page, base, token, "load.ipynb", timeout_s=600)
+            done = _run_all(page, base, token, "load.ipynb", timeout_s=1800)
             images = page.locator(".jp-OutputArea-output img")
             assert images.count() >= 4, "the histograms did not render"
             panel = page.locator(".labkit-load-panel")
@@ -176,7 +176,7 @@ def test_learner_runs_notebooks_in_jupyterlab_and_sees_no_red_text(jupyter_lab):
             page.screenshot(path=str(artifacts / "jupyterlab-load-panel.png"), full_page=False)
             page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts / "jupyterlab-load-notebook.png"), full_page=False)
-            assert done, "the notebook did not finish within 10 minutes"
+            assert done, "the notebook did not finish within 30 minutes (a hang guard)"
             assert page.locator(".jp-OutputArea-output:has-text('Traceback')").count() == 0, "a cell raised"
             assert _red_texts(page) == [], "notebook 02 showed red output"
             # The panel after Run All: the last cell stopped the cluster. Pressing Run says so in one

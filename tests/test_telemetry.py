@@ -125,11 +125,13 @@ def test_summarize_samples_window_and_role():
 
 def test_engine_activity_sums_engines():
     act = EngineActivity()
-    assert act.stats() == {"running": 0, "waiting": 0}
+    assert act.stats() == {"running": 0, "waiting": 0, "running_peak": 0}
     act.update(types.SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1), engine_idx=0)
     act.update(types.SimpleNamespace(num_running_reqs=2, num_waiting_reqs=0), engine_idx=1)
     act.update(None)
-    assert act.stats() == {"running": 5, "waiting": 1}
+    assert act.stats() == {"running": 5, "waiting": 1, "running_peak": 5}
+    act.update(types.SimpleNamespace(num_running_reqs=0, num_waiting_reqs=0), engine_idx=0)
+    assert act.stats() == {"running": 2, "waiting": 0, "running_peak": 5}  # the peak stays
     assert act.updated_wall_s is not None
 
 

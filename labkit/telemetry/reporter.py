@@ -284,6 +284,7 @@ class EngineActivity:
     def __init__(self) -> None:
         self._by_engine: dict[int, tuple[int, int]] = {}
         self.updated_wall_s: float | None = None
+        self.running_peak = 0  # most requests the engines ran at once since the start
 
     def update(self, scheduler_stats: Any, engine_idx: int = 0) -> None:
         """Record one ``SchedulerStats`` (anything with ``num_running_reqs``/``num_waiting_reqs``).
@@ -299,12 +300,14 @@ class EngineActivity:
             return
         self._by_engine[engine_idx] = (int(scheduler_stats.num_running_reqs), int(scheduler_stats.num_waiting_reqs))
         self.updated_wall_s = time.time()
+        self.running_peak = max(self.running_peak, sum(r for r, _ in self._by_engine.values()))
 
     def stats(self) -> dict[str, int]:
-        """Return ``{"running": n, "waiting": m}`` summed over engines (zeros before any step)."""
+        """Return ``{"running": n, "waiting": m, "running_peak": p}`` summed over engines (zeros before any step)."""
         return {
             "running": sum(r for r, _ in self._by_engine.values()),
             "waiting": sum(w for _, w in self._by_engine.values()),
+            "running_peak": self.running_peak,
         }
 
     def stat_logger_factory(self) -> Callable[..., Any]:
