@@ -15,9 +15,11 @@ HERE = Path(__file__).parent
 SCRIPTS = [
     "bench_foundation.py",
     "bench_load_fidelity.py",
+    "bench_load_timing.py",
     "bench_telemetry_overhead.py",
     "bench_serve_overhead.py",
     "bench_regimes.py",
+    "bench_grade.py",
     "bench_pipeline.py",
 ]
 
