@@ -779,7 +779,7 @@ def _door_down(url: str, timeout_s: float = 3.0) -> str | None:
 def load_panel(
     doors: Mapping[str, str],
     *,
-    rate_rps: float = 6.0,
+    rate_rps: float | None = 6.0,
     duration_s: float = 10.0,
     max_tokens: int = 24,
     max_rate_rps: float = 30.0,
@@ -816,6 +816,7 @@ def load_panel(
         raise MissingDependencyError(msg) from err
     from IPython.display import display
 
+    rate_rps = float(rate_rps or 1.0)  # a notebook may hold None ("measure it"): start the slider at 1 req/s
     door = widgets.Dropdown(options=list(doors), value=next(iter(doors)), description="topology")
     rate = widgets.FloatSlider(
         value=rate_rps,
