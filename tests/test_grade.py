@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from _grade_fixtures import ALICE, GEN, rehash
+from _grade_fixtures import ALICE, GEN, cpu_log, rehash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -283,7 +283,6 @@ def test_a_partial_copy_is_flagged(tmp_path: Path) -> None:
 
 
 def test_run_summary_and_stats_summaries_are_checked(tmp_path: Path) -> None:
-    from labkit.record import build_log
     from labkit.stats import summarize_latencies, summarize_run
 
     recs = GEN.records(21, 300, ttft_s=0.02, tpot_s=0.005)
@@ -295,22 +294,7 @@ def test_run_summary_and_stats_summaries_are_checked(tmp_path: Path) -> None:
             "itl": summarize_latencies(recs, "itl", ci=False).to_dict(),
         }
     }
-    data = build_log(
-        "02_multinode_serving",
-        environment=GEN.CPU_ENV,
-        learner_id="zoe",
-        outputs=outputs,
-        records=recs,
-        cluster=GEN.cluster(2),
-        model="org/tiny",
-        parameters={"rate_rps": 8},
-        started_at=GEN.START,
-        finished_at=GEN.START + dt.timedelta(minutes=2),
-        papermill={"detected": False, "injected_parameters": {}},
-        kit=GEN.KIT,
-        environ={},
-        clock=(GEN.START.timestamp() + 100, max(r.done_s for r in recs)),
-    )
+    data = cpu_log("02_multinode_serving", "zoe", outputs, recs, minutes=2, last_done_s=max(r.done_s for r in recs))
     write(tmp_path, "zoe.json", data)
     book = grade_directory(tmp_path, now=NOW)
     assert book.rows[0].flags == () and book.rows[0].score == 100

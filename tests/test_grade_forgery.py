@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _grade_fixtures import ALICE, GEN, rehash
+from _grade_fixtures import ALICE, GEN, cpu_log, rehash
 
 from labkit.grade import grade_directory, verify_logs
 from labkit.load import RequestRecord
@@ -269,7 +269,6 @@ def test_genuine_logs_pass_every_new_check(tmp_path: Path) -> None:
 def test_a_genuine_experiment_claim_passes_and_an_edited_one_fails(tmp_path: Path) -> None:
     """A notebook-02 shaped log: two runs, their RunSummary, diagnosis and the claim of labkit.experiment."""
     from labkit.experiment import ACTIVITY_TOLERANCE, TAIL_RATIO_FACTOR
-    from labkit.record import build_log
 
     runs = {}
     for name, seed, ttft in (("distributed", 61, 0.02), ("gated", 62, 0.08)):
@@ -314,21 +313,13 @@ def test_a_genuine_experiment_claim_passes_and_an_edited_one_fails(tmp_path: Pat
         "diagnosis_right": True,
         "holds": factor >= TAIL_RATIO_FACTOR,
     }
-    data = build_log(
+    data = cpu_log(
         "load-exercise",
-        environment=GEN.CPU_ENV,
-        learner_id="yan",
-        outputs=outputs,
-        records=runs,
-        cluster=GEN.cluster(2),
-        model="org/tiny",
-        parameters={"rate_rps": 8},
-        started_at=GEN.START,
-        finished_at=GEN.START + dt.timedelta(minutes=3),
-        papermill={"detected": False, "injected_parameters": {}},
-        kit=GEN.KIT,
-        environ={},
-        clock=(GEN.START.timestamp() + 170, max(r.done_s for recs in runs.values() for r in recs)),
+        "yan",
+        outputs,
+        runs,
+        minutes=3,
+        last_done_s=max(r.done_s for recs in runs.values() for r in recs),
     )
     assert codes(data, tmp_path) == set()
     assert "claim_mismatch" in codes(_claim_edit(data, "holds", not data["outputs"]["claim"]["holds"]), tmp_path)
