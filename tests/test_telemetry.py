@@ -320,4 +320,4 @@ def test_engine_activity_as_a_real_vllm_stat_logger():
     logger.record(scheduler_stats=SchedulerStats(num_running_reqs=4, num_waiting_reqs=2),
                   iteration_stats=None, mm_cache_stats=None, engine_idx=0)
     logger.log_engine_initialized()
-    assert act.stats() == {"running": 4, "waiting": 2}
+    assert act.stats() == {"running": 4, "waiting": 2, "running_peak": 4}
