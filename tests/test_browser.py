@@ -66,7 +66,13 @@ def jupyter_lab(tmp_path):
         folder = settings / "@jupyterlab" / ext
         folder.mkdir(parents=True)
         (folder / f"{name}.jupyterlab-settings").write_text(body)
-    env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTERLAB_SETTINGS_DIR": str(settings)}
+    # a workspace of its own: JupyterLab would otherwise reopen the tabs of an earlier session
+    env = {
+        **os.environ,
+        "JUPYTER_TOKEN": token,
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(workdir / ".workspaces"),
+    }
     log = open(tmp_path / "jupyter.log", "w")  # noqa: SIM115 - closed in the teardown below
     proc = subprocess.Popen(
         [
@@ -125,7 +131,8 @@ def _run_all(page, base: str, token: str, name: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         done = page.evaluate(
-            """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+            """() => { const p = [...document.querySelectorAll(
+                           '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')];
                        return p.length > 0 && /\\[\\d+\\]/.test(p[p.length - 1].textContent); }"""
         )
         if done or page.locator(f"{_RED}:has-text('Traceback')").count():

@@ -428,3 +428,19 @@ def test_a_coordinator_so_busy_that_every_request_waits_is_still_the_coordinator
     assert d.verdict == "coordinator_bottleneck"
     assert "the median request spent" in d.explanation and "before the engine" in d.explanation
     assert diagnose(make_run(slow_every=0), make_telemetry(make_run(slow_every=0))).verdict == "healthy"
+
+
+def test_telemetry_of_another_applications_replicas_is_left_out():
+    """Two deployments on one cluster: the idle replicas of the other one are not this run's."""
+    recs = make_run(slow_every=0)
+    tel = make_telemetry(recs, replicas=("r0", "r1", "x0", "x1"))
+    assert diagnose(recs, tel).verdict == "load_imbalance"  # without knowing the deployment
+    d = diagnose(recs, tel, expected_replicas=2)
+    assert d.verdict == "healthy", d.explanation
+    assert set(d.shares["replica_id"]) == {"r0", "r1"}
+    assert any("another application's" in n for n in d.notes)
+    # an idle replica of this deployment still counts
+    only_r0 = make_run(slow_every=0, replicas=("r0",))
+    assert diagnose(only_r0, make_telemetry(only_r0, replicas=("r0", "r1")), expected_replicas=2).verdict == (
+        "load_imbalance"
+    )

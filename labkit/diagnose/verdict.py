@@ -98,6 +98,15 @@ def diagnose(
             f"{ev['error_rate']:.0%} of requests failed (above max_error_rate = "
             f"{th.max_error_rate:.0%}): the latencies describe only the ones that succeeded."
         )
+    served = {r.replica_id for r in ok if r.replica_id}
+    others = {s.component_id for s in samples if s.role == "replica"} - served
+    if expected_replicas and others and len(served) >= expected_replicas:
+        # every replica of this deployment served requests: the others are another application's
+        samples = [s for s in samples if s.role != "replica" or s.component_id in served]
+        notes.append(
+            f"Telemetry of {len(others)} replica(s) that served none of these requests (another "
+            f"application's: {expected_replicas} replicas were expected and all served) is left out."
+        )
     shares = _collect_shares(ok, samples, expected_replicas)
     _latency_evidence(ok, ev, notes, th)
     tail_windows = _tail_evidence(ok, ev)
