@@ -444,3 +444,10 @@ def test_telemetry_of_another_applications_replicas_is_left_out():
     assert diagnose(only_r0, make_telemetry(only_r0, replicas=("r0", "r1")), expected_replicas=2).verdict == (
         "load_imbalance"
     )
+
+
+def test_a_gate_everyone_waits_for_is_the_coordinator_even_when_the_split_is_uneven():
+    recs = make_run(slow_every=1, slow_pre_s=0.6, weights=(0.7, 0.3))
+    d = diagnose(recs, make_telemetry(recs))
+    assert d.evidence["balance_index_replica"] < 0.9
+    assert d.verdict == "coordinator_bottleneck", d.explanation

@@ -223,8 +223,7 @@ def _decide(
             f"{ratio_txt}: the tail spikes, but without server timings or telemetry the kit cannot "
             f"tell where the time goes. Serve with labkit's timings or record telemetry."
         )
-    if imbalanced:
-        return "load_imbalance", _why_imbalance(ev, th, ratio_txt)
+    # every request waiting before engines that had room is the gate, whatever the split between replicas
     if ev.get("pre_engine_fraction_median") is not None and check(
         "pre_engine_fraction_median", ">=", "pre_engine_share_min"
     ):
@@ -234,6 +233,8 @@ def _decide(
             f"coordinator) while {_room(ev, th, has_tel)}: every request queues before the engines; the "
             f"coordinator / load balancer is the bottleneck, not engine throughput."
         )
+    if imbalanced:
+        return "load_imbalance", _why_imbalance(ev, th, ratio_txt)
     return "healthy", (
         f"{ratio_txt} (under tail_ratio_e2e = {_fmt(th.tail_ratio_e2e)} and tail_ratio_ttft = "
         f"{_fmt(th.tail_ratio_ttft)}), the load is spread evenly and {_room(ev, th, has_tel)}: "
