@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.errors import ConfigError
+from labkit.stats import percentile_supported
 
 __all__ = [
     "DecodeRun",
@@ -347,11 +348,6 @@ def compare_topologies(
     return ExperimentResult(runs=runs, rate_rps=rate_rps, gated=gated, baseline=baseline, metric=metric)
 
 
-def _supported(q: float, n: int) -> bool:
-    """Whether n samples have one above the q-th percentile (n >= 100 for p99, 20 for p95)."""
-    return n * (100.0 - q) / 100.0 >= 1.0 - 1e-9
-
-
 @dataclass
 class RegimeResult:
     """The three regimes on the same engines: healthy, coordinator-bound and engine-bound."""
@@ -371,10 +367,10 @@ class RegimeResult:
             out[f"{metric}_n"] = n
             for q in (50, 95, 99):
                 value = summary.percentiles.get(f"p{q}") if summary is not None else None
-                out[f"{metric}_p{q}_s"] = value if value is not None and _supported(q, n) else None
+                out[f"{metric}_p{q}_s"] = value if value is not None and percentile_supported(q, n) else None
             ci = (summary.ci or {}).get("p99") if summary is not None else None
-            out[f"{metric}_p99_ci_s"] = list(ci) if ci and _supported(99, n) else None
-        out["p99_supported"] = _supported(99, out["e2e_n"])
+            out[f"{metric}_p99_ci_s"] = list(ci) if ci and percentile_supported(99, n) else None
+        out["p99_supported"] = percentile_supported(99, out["e2e_n"])
         out["engine_waiting_mean"] = ev.get("engine_waiting_mean_all")
         out["engine_slots_in_use"] = ev.get("engine_running_fraction_all")
         out["engine_active_mean"] = ev.get("engine_active_mean_all")
@@ -443,7 +439,7 @@ class RegimeResult:
                 f"{c['e2e_p99_healthy_s']:.3f} s through the distributed door at the same load "
                 f"({c['e2e_p99_factor']:.1f}x; the lesson looks for >= {E2E_SPIKE_FACTOR:g}x)."
             )
-        small = [k for k, n in c["e2e_n"].items() if not _supported(99, n)]
+        small = [k for k, n in c["e2e_n"].items() if not percentile_supported(99, n)]
         if small:
             text += f" p99 is not reported for {', '.join(small)}: fewer than 100 requests."
         return text

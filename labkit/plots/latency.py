@@ -85,7 +85,7 @@ def plot_latency_histogram(
     values = _values(records, metric, name, include_failures)
     failed = _n_failed(records) if include_failures and metric in _PENALIZED else 0
     # a percentile is marked only where a request lies above it (n >= 100 for p99)
-    left_out = [q for q in percentiles if not _supported(q, len(values))]
+    left_out = [q for q in percentiles if not stats.percentile_supported(q, len(values))]
     pct = _percentiles(values, [q for q in percentiles if q not in left_out])
     unit, scale = _unit(max(values))
     xs = [v * scale for v in values]
@@ -278,11 +278,6 @@ def _load_points(results: Any) -> list[tuple[float, Any]]:
     return sorted(points, key=lambda p: p[0])
 
 
-def _supported(q: float, n: int) -> bool:
-    """Whether n samples have at least one above the q-th percentile (n >= 100 for p99)."""
-    return n * (100.0 - q) / 100.0 >= 1.0 - 1e-9
-
-
 def plot_percentiles_vs_load(
     results: Any,
     metric: str = "e2e",
@@ -336,7 +331,8 @@ def plot_percentiles_vs_load(
     # A percentile is drawn only where the sample has a request above it (n >= 100 for p99):
     # below that "p99" is the maximum, one request.
     unsupported = {
-        q: [rate for rate, n in zip(rates, counts, strict=True) if not _supported(q, n)] for q in percentiles
+        q: [rate for rate, n in zip(rates, counts, strict=True) if not stats.percentile_supported(q, n)]
+        for q in percentiles
     }
     for q, rates_out in unsupported.items():
         for row, rate in zip(table, rates, strict=True):

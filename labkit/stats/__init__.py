@@ -45,6 +45,7 @@ from labkit.stats.distribution import (
     bootstrap_ci,
     histogram_bins,
     percentile_label,
+    percentile_supported,
     percentiles,
 )
 from labkit.stats.latency import METRICS, LatencySummary, latency_values, summarize_latencies
@@ -62,6 +63,7 @@ __all__ = [
     "latency_values",
     "load_balance_index",
     "percentile_label",
+    "percentile_supported",
     "percentiles",
     "share_by",
     "summarize_latencies",

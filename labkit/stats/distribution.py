@@ -14,7 +14,14 @@ from typing import Any
 
 from labkit.errors import ConfigError
 
-__all__ = ["DEFAULT_PERCENTILES", "bootstrap_ci", "histogram_bins", "percentile_label", "percentiles"]
+__all__ = [
+    "DEFAULT_PERCENTILES",
+    "bootstrap_ci",
+    "histogram_bins",
+    "percentile_label",
+    "percentile_supported",
+    "percentiles",
+]
 
 DEFAULT_PERCENTILES = (50, 90, 95, 99, 99.9)
 
@@ -23,6 +30,14 @@ def _np() -> Any:
     import numpy  # heavy-ish: imported on first use, not with labkit
 
     return numpy
+
+
+def percentile_supported(q: float, n: int) -> bool:
+    """Whether ``n`` samples have at least one above their q-th percentile (n >= 100 for p99, 20 for p95).
+
+    Below that the "q-th percentile" is the maximum, one request: the kit neither reports nor draws it.
+    """
+    return n * (100.0 - q) / 100.0 >= 1.0 - 1e-9
 
 
 def percentile_label(q: float) -> str:
