@@ -374,6 +374,8 @@ class RegimeResult:
         out["engine_waiting_mean"] = ev.get("engine_waiting_mean_all")
         out["engine_slots_in_use"] = ev.get("engine_running_fraction_all")
         out["engine_active_mean"] = ev.get("engine_active_mean_all")
+        out["output_tokens_per_s"] = run.summary.output_tokens_per_s
+        out["gpu_util_mean_percent"] = ev.get("gpu_util_mean_all")  # None where no GPU was sampled
         out["verdict"] = run.diagnosis.verdict
         out["expected"] = REGIMES.get(regime)
         out["right"] = out["verdict"] == out["expected"]
@@ -465,13 +467,17 @@ class RegimeResult:
                 return f"<td>{value * scale:.{digits}g}</td>"
             return f"<td>{html.escape(str(value))}</td>"
 
+        rows = self.table()
+        gpu = any(r["gpu_util_mean_percent"] is not None for r in rows)  # a GPU column only where one was sampled
         head = (
             "<tr><th>regime</th><th>door</th><th>load</th><th>n</th><th>TTFT p50 ms</th><th>TTFT p99 ms</th>"
             "<th>e2e p50 s</th><th>e2e p99 s</th><th>e2e p99 95% CI s</th><th>waiting / engine</th>"
-            "<th>slots in use</th><th>verdict</th></tr>"
+            "<th>slots in use</th><th>output tok/s</th>"
+            + ("<th>GPU util %</th>" if gpu else "")
+            + "<th>verdict</th></tr>"
         )
         body = ""
-        for r in self.table():
+        for r in rows:
             ci = r["e2e_p99_ci_s"]
             mark = "&#10003;" if r["right"] else f"&#10007; (expected {html.escape(str(r['expected']))})"
             body += (
@@ -488,6 +494,8 @@ class RegimeResult:
                     if r["engine_slots_in_use"] is not None
                     else "<td>&ndash;</td>"
                 )
+                + cell(r["output_tokens_per_s"])
+                + (cell(r["gpu_util_mean_percent"]) if gpu else "")
                 + f"<td>{html.escape(r['verdict'])} {mark}</td></tr>"
             )
         return f"<table>{head}{body}</table><p>{html.escape(self.sentence())}</p>"

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -131,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         tar.add(out / "MANIFEST.txt", arcname="MANIFEST.txt")
         for f in files:
             tar.add(f, arcname=f"whl/{f.name}")
-    for old in out.glob("piece-*"):
-        old.unlink()
+    for old in out.glob("piece-*"):  # an earlier packing's pieces (folders of one piece each)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
     piece = args.piece_mib * 1024**2
     count = 0
     with tar_path.open("rb") as handle:

@@ -1,22 +1,24 @@
-"""Run the chapter's GPU configuration with the kit's own code, then vLLM alone on the same GPUs.
+"""The kit's GPU check: notebook 02 on the GPU, then the kit against vLLM alone on the same GPU.
 
 On a GPU host with N GPUs (after ``scripts/gpu/install_wheels.sh``):
 
-    python scripts/gpu/run_gpu_lab.py --gpus 2 --model dummy:llama-2-7b --tp 1 --pp 2 --out OUT
-    python scripts/gpu/run_gpu_lab.py --gpus 4 --model dummy:llama-2-70b --tp 2 --pp 2 --out OUT
+    python scripts/gpu/run_gpu_lab.py --phase notebook --gpus 1 --model dummy:llama-2-7b --out OUT
+    python scripts/gpu/run_gpu_lab.py --phase both --gpus 1 --model dummy:llama-2-7b --rates 4 16 --out OUT
 
-``--phase kit``: the embedded cluster split into two worker nodes that each own N/2 GPUs
-(``gpu_mode="physical"``), one replica spanning TP x PP devices through placement-group bundles
-(``labkit.deploy``), the load exercise through the kit's load generator at two offered loads on the
-distributed door and at the lower load on a gated door, histograms, diagnosis, NVML telemetry, and
-the verification log (``labkit.checkpoint``). ``--phase vllm``: vLLM's own OpenAI server on the same
-GPUs, model and engine settings, driven by the same load generator. ``--phase both`` runs both and
-adds ``compare`` to ``result.json``: deploy time, tokens/s, TTFT and end-to-end p50/p95/p99 at each
-offered load, kit / vLLM ratios. The two phases may also run as two commands with the same ``--out``
-and parameters (a host that limits one command to 10 minutes): the second compares with the first.
+``--phase notebook``: the embedded cluster with the GPUs owned by worker nodes (one worker for one
+GPU, two that own N/2 each otherwise; the head has none), then ``notebooks/02_load_exercise.ipynb``
+itself through papermill (``labkit.run.run_lab``) with GPU parameters and the cluster's address: the
+three regimes, histograms, timelines with GPU utilization, diagnosis and verification log, exactly
+as a learner runs them. No second copy of the lesson flow lives here.
+``--phase kit``: the kit's distributed door on the same cluster layout (one replica of TP x PP),
+driven by the kit's load generator at two offered loads. ``--phase vllm``: vLLM's own OpenAI server
+on the same GPUs, model and engine settings, driven the same way. ``--phase both`` runs both and adds
+``compare`` to ``result.json``: deploy time, tokens/s, TTFT and end-to-end p50/p95/p99 at each
+offered load, kit / vLLM ratios. The two may also run as two commands with the same ``--out`` and
+parameters (a host that limits one command to 10 minutes): the second compares with the first.
 
-With no ``nvidia-smi`` (``--gpus 0 --model tiny --tp 1 --pp 1``), ``--phase vllm`` runs on the CPU
-build: the script's own smoke test (``tests/test_gpu_script.py``).
+With no GPU (``--gpus 0 --model tiny``) every phase runs on the CPU build: the script's own smoke
+tests (``tests/test_gpu_script.py``).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def _row(run: Any, deploy_s: float) -> dict[str, Any]:
     }
     for metric in ("ttft", "e2e"):
         m = s.metrics.get(metric)
+        row[f"{metric}_n"] = int(m.count) if m else 0  # ttft_n == ok: a first token on every answer
         for q in ("p50", "p95", "p99"):
             row[f"{metric}_{q}_s"] = m.percentiles.get(q) if m else None
     gpu = [x for x in (run.telemetry.samples if run.telemetry else []) if x.gpu_util_percent is not None]
@@ -101,124 +104,142 @@ def _figures(runs: dict[str, Any], fig_dir: Path, prefix: str) -> None:
         labkit.save_figure(fig, fig_dir / f"timeline-{prefix}-{name}", formats=("png",))
 
 
-def run_kit(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Deploy with the kit on the split cluster, run the load exercise, write the verification log."""
-    import labkit
-    from labkit.serve import deploy_coordinator
+def cluster_layout(gpus: int) -> dict[str, Any]:
+    """Return ``start_cluster`` arguments: a head without GPU and workers that own the GPUs.
 
-    per_node = args.gpus // 2
-    cluster = labkit.start_cluster(
-        num_nodes=3,
-        gpus_per_node=per_node,
-        gpu_mode="physical",
-        cpus_per_node=float(args.cpus_per_node),
-        head_cpus=2.0,
-        object_store_mb_per_node=1024,
-        start_timeout_s=120.0,
-    )
+    One GPU (or an odd count): one worker owns them all. An even count: two workers own half each,
+    so a pipeline of two stages crosses nodes. No GPU: the embedded CPU default.
+    """
+    if gpus <= 0:
+        return {}
+    workers = 2 if gpus % 2 == 0 else 1
+    return {
+        "num_nodes": 1 + workers,
+        "gpus_per_node": gpus // workers,
+        "gpu_mode": "physical",
+        "head_cpus": 2.0,
+        "object_store_mb_per_node": 1024,
+        "start_timeout_s": 120.0,
+    }
+
+
+def _start_cluster(args: argparse.Namespace) -> Any:
+    import labkit
+
+    layout = cluster_layout(args.gpus)
+    if layout:
+        layout["cpus_per_node"] = float(args.cpus_per_node)
+    cluster = labkit.start_cluster(**layout)
+    _log(f"cluster up in {cluster.start_s:.1f} s\n{cluster!r}")
+    return cluster
+
+
+def notebook_parameters(args: argparse.Namespace, cluster_address: str) -> dict[str, Any]:
+    """Return notebook 02's parameters for this host (papermill injects them)."""
+    replicas = max(1, args.gpus // (args.tp * args.pp)) if args.gpus else 2
+    params: dict[str, Any] = {
+        "learner_id": "reference-gpu" if args.gpus else "reference-cpu",
+        "cluster_address": cluster_address,
+        "backend": "gpu" if args.gpus else "cpu",
+        "model": args.model,
+        "num_replicas": replicas,
+        "engine_max_num_seqs": args.max_num_seqs,
+        "gate_utilization": 0.8,
+        "duration_s": args.duration_s,
+        "max_tokens": args.max_tokens,
+        "coordinator_max_concurrency": args.coordinator_max_concurrency,
+        "engine_duration_s": args.engine_duration_s,
+        "sweep_rates": list(args.sweep_rates),
+        "sweep_duration_s": args.sweep_duration_s,
+        "interactive": False,
+        "seed": 0,
+    }
+    return params
+
+
+def run_notebook(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Run notebook 02 through papermill on a cluster whose workers own the GPUs; summarize its log."""
+    from labkit.run import run_lab
+
+    cluster = _start_cluster(args)
     try:
-        _log(f"cluster up in {cluster.start_s:.1f} s\n{cluster!r}")
+        params = notebook_parameters(args, cluster.address)
+        _log(f"notebook 02 with {params}")
+        lab = run_lab(out, notebooks=["02_load_exercise.ipynb"], parameters=params, progress=_log)
+        summary: dict[str, Any] = {"parameters": params, "run": lab.to_dict()}
+        logs = sorted(out.glob("load-exercise--*.json"))
+        if logs:
+            log = json.loads(logs[-1].read_text())
+            regimes = log.get("outputs", {}).get("regimes", {})
+            summary.update(log=logs[-1].name, claim=regimes.get("claim"), table=regimes.get("table"))
+            for row in regimes.get("table") or []:
+                _log(
+                    f"{row['regime']:<18} {row['door']:<12} n={row['e2e_n']} ttft n={row['ttft_n']} "
+                    f"e2e p50/p99 {row['e2e_p50_s']}/{row['e2e_p99_s']} s, waiting {row['engine_waiting_mean']}, "
+                    f"slots {row['engine_slots_in_use']}, tok/s {row.get('output_tokens_per_s')}, "
+                    f"GPU util {row.get('gpu_util_mean_percent')} %: {row['verdict']}"
+                )
+        return summary
+    finally:
+        cluster.stop()
+
+
+def run_kit(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Deploy one replica with the kit and drive its distributed door at the two offered loads."""
+    import labkit
+
+    cluster = _start_cluster(args)
+    try:
         config = labkit.topology_preset(
             "distributed",
-            backend="gpu",
+            backend="gpu" if args.gpus else "cpu",
             model=args.model,
             num_replicas=1,
             tensor_parallel_size=args.tp,
             pipeline_parallel_size=args.pp,
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
-            max_tokens_limit=args.max_tokens,
+            max_tokens_limit=max(args.max_tokens, 256),
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_ongoing_requests=512,
             engine_kwargs=_engine_kwargs(args),
             deploy_timeout_s=540.0,
         )
         deployment = labkit.deploy(config)
-        _log(
-            f"deployed in {deployment.deploy_s:.1f} s: {deployment!r}; plan {deployment.plan.bundles} "
-            f"{deployment.plan.strategy} forecast {deployment.plan.nodes_for_replicas}"
-        )
+        _log(f"deployed in {deployment.deploy_s:.1f} s: {deployment!r}; plan {deployment.plan.bundles}")
         bundles = _bundle_nodes(cluster)
         gpus_after_deploy = _gpu_memory()
         _log(f"bundles on nodes: {bundles}; GPU memory after deploy: {gpus_after_deploy}")
-        answer = deployment.complete("The chapter says", max_tokens=8)
-        gated_url = deploy_coordinator(deployment, max_concurrency=args.coordinator_max_concurrency)
-        doors = {"distributed": deployment.url, "gated": gated_url}
-        common = {
-            "duration_s": args.duration_s,
-            "max_tokens": args.max_tokens,
-            "prompt_tokens": args.prompt_tokens,
-            "seed": 0,
-            "tokenizer": str(deployment.model.model),
-            "records_dir": out / "records",
-            "progress": False,
-            "timeout_s": 120.0,
-        }
-        low, high = args.rates
-        experiment = labkit.compare_topologies(doors, rate_rps=low, **common)
-        high_run = labkit.run_topology("distributed", deployment.url, rate_rps=high, **common)
+        common = _load_settings(args, str(deployment.model.model), out)
         runs = {
-            f"distributed-{low:g}rps": experiment.runs["distributed"],
-            f"gated-{low:g}rps": experiment.runs["gated"],
-            f"distributed-{high:g}rps": high_run,
+            f"distributed-{rate:g}rps": labkit.run_topology("distributed", deployment.url, rate_rps=rate, **common)
+            for rate in args.rates
         }
         for name, run in runs.items():
             _log(f"{name}: {run.summary!r}\n  diagnosis: {run.diagnosis.verdict}")
         _figures(runs, out / "figures", "kit")
-        fig = labkit.plot_latency_cdf(
-            {k: v.result for k, v in runs.items()}, "ttft", name="kit: doors and loads", log_x=True
-        )
-        labkit.save_figure(fig, out / "figures" / "cdf-ttft-kit", formats=("png",))
-        rows = {name: _row(run, deployment.deploy_s) for name, run in runs.items()}
-        log = labkit.checkpoint(
-            "gpu-load-exercise",
-            learner_id="reference-gpu",
-            cluster=cluster,
-            model=deployment.model.model,
-            records={k: v.result.records for k, v in runs.items()},
-            parameters={
-                "gpus": args.gpus,
-                "model": args.model,
-                "tensor_parallel_size": args.tp,
-                "pipeline_parallel_size": args.pp,
-                "rates_rps": list(args.rates),
-                "duration_s": args.duration_s,
-                "max_tokens": args.max_tokens,
-                "prompt_tokens": args.prompt_tokens,
-                "max_model_len": args.max_model_len,
-                "max_num_seqs": args.max_num_seqs,
-                "enforce_eager": args.enforce_eager,
-                "coordinator_max_concurrency": args.coordinator_max_concurrency,
-            },
-            outputs={
-                "claim": experiment.claim(),
-                "runs": {k: v.to_dict() for k, v in runs.items()},
-                "table": rows,
-                "deploy_s": deployment.deploy_s,
-                "placement": deployment.plan.to_dict(),
-                "bundle_nodes": bundles,
-                "gpu_memory_after_deploy": gpus_after_deploy,
-                "generations": [answer["choices"][0]["text"]],
-            },
-            constraints={
-                "backend": "gpu",
-                "model_parameters": deployment.model.parameters,
-                "load_format": "dummy",
-                "num_replicas": 1,
-                "load_generator": "same machine as the cluster",
-            },
-            runs_dir=out,
-        )
-        _log(f"verification log: {log.path}")
         return {
             "deploy_s": deployment.deploy_s,
-            "rows": rows,
-            "claim": experiment.claim(),
+            "rows": {name: _row(run, deployment.deploy_s) for name, run in runs.items()},
             "bundles": bundles,
-            "log": str(log.path),
+            "gpu_memory_after_deploy": gpus_after_deploy,
         }
     finally:
         cluster.stop()
+
+
+def _load_settings(args: argparse.Namespace, tokenizer: str, out: Path) -> dict[str, Any]:
+    """The load both sides get: the same prompts, answer length, seed and time-outs."""
+    return {
+        "duration_s": args.duration_s,
+        "max_tokens": args.max_tokens,
+        "prompt_tokens": args.prompt_tokens,
+        "seed": 0,
+        "tokenizer": tokenizer,
+        "records_dir": out / "records",
+        "progress": False,
+        "timeout_s": 120.0,
+    }
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -308,16 +329,7 @@ def run_vllm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 time.sleep(1.0)
         deploy_s = time.monotonic() - started
         _log(f"vLLM alone answered after {deploy_s:.1f} s")
-        common = {
-            "duration_s": args.duration_s,
-            "max_tokens": args.max_tokens,
-            "prompt_tokens": args.prompt_tokens,
-            "seed": 0,
-            "tokenizer": str(spec.model),
-            "records_dir": out / "records",
-            "progress": False,
-            "timeout_s": 120.0,
-        }
+        common = _load_settings(args, str(spec.model), out)
         runs = {f"vllm-{rate:g}rps": labkit.run_topology("vllm", url, rate_rps=rate, **common) for rate in args.rates}
         for name, run in runs.items():
             _log(f"{name}: {run.summary!r}")
@@ -374,7 +386,7 @@ def _earlier_phases(result_path: Path, args: argparse.Namespace) -> dict[str, An
     the second one then finds the first's ``result.json`` and writes the comparison. A result made
     with other parameters is not compared: that would not be the same GPUs, model and load.
     """
-    if args.phase == "both" or not result_path.exists():
+    if args.phase in ("both", "notebook") or not result_path.exists():
         return {}
     earlier = json.loads(result_path.read_text())
     other = "vllm" if args.phase == "kit" else "kit"
@@ -407,7 +419,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--coordinator-max-concurrency", type=int, default=8)
     parser.add_argument("--cpus-per-node", type=int, default=8)
     parser.add_argument("--enforce-eager", type=int, default=1)
-    parser.add_argument("--phase", choices=["kit", "vllm", "both"], default="both")
+    parser.add_argument("--engine-duration-s", type=float, default=20.0, help="notebook: engine-bound run")
+    parser.add_argument("--sweep-rates", type=float, nargs="+", default=[1.0, 3.0, 6.0], help="notebook: sweep")
+    parser.add_argument("--sweep-duration-s", type=float, default=6.0, help="notebook: seconds per sweep point")
+    parser.add_argument("--phase", choices=["notebook", "kit", "vllm", "both"], default="both")
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args(argv)
 
@@ -422,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = _earlier_phases(result_path, args)
     result["args"] = args_dict(args)
     result["gpus_before"] = _gpu_memory()
+    if args.phase == "notebook":
+        result["notebook"] = run_notebook(args, args.out)
+        result_path.write_text(json.dumps(result, indent=2, default=str))
+        return 0 if result["notebook"]["run"]["ok"] else 1
     if args.phase in ("kit", "both"):
         result["kit"] = run_kit(args, args.out)
         result_path.write_text(json.dumps(result, indent=2, default=str))
