@@ -175,7 +175,7 @@ def test_learner_runs_notebooks_in_jupyterlab_and_sees_no_red_text(jupyter_lab):
 
             done = _run_all(page, base, token, "load.ipynb", timeout_s=1800)
             images = page.locator(".jp-OutputArea-output img")
-            assert images.count() >= 4, "the histograms did not render"
+            assert images.count() >= 4, f"the histograms did not render; red output: {_red_texts(page)}"
             panel = page.locator(".labkit-load-panel")
             panel.first.scroll_into_view_if_needed()
             assert panel.first.is_visible(), "the widget panel is not visible"
