@@ -214,22 +214,6 @@ def test_not_enough_memory_for_the_engines():
     ] == 5.0
 
 
-def test_llm_config_for_ray_serve_llm_goes_through_the_same_checks():
-    from labkit.serve import build_llm_config
-
-    config = ServeConfig(
-        backend="gpu", model="dummy:llama-2-70b", num_replicas=1, tensor_parallel_size=2, pipeline_parallel_size=2
-    )
-    fields = build_llm_config(config, _nodes([2, 2]))
-    assert fields["engine_kwargs"]["tensor_parallel_size"] == 2
-    assert fields["engine_kwargs"]["load_format"] == "dummy"
-    assert len(fields["placement_group_config"]["bundles"]) == 4
-    with pytest.raises(PlacementError):
-        build_llm_config(config, _nodes([2]))
-    with pytest.raises(ConfigError, match="backend='gpu'"):
-        build_llm_config(ServeConfig(), None)
-
-
 def test_embedded_cluster_keeps_replicas_off_the_head():
     nodes = _nodes([0, 0])
     for node in nodes:

@@ -22,14 +22,12 @@ Owns the deployment shape the lesson compares and the checks made *before* anyth
 - :func:`deploy` validates, starts Serve (proxies bound to 127.0.0.1 unless asked otherwise),
   deploys and waits until the application answers; :class:`Deployment` is the handle the
   notebooks use (``url``, ``complete()``, ``shutdown()``).
-- :func:`build_llm_config` offers the ``ray.serve.llm`` path (``LLMConfig`` /
-  ``build_openai_app``) for GPU clusters, through the same checks.
 
 Layout (import every name from ``labkit.serve``; the submodules are its implementation, each
 importing only those above it): :mod:`~labkit.serve.config` (:class:`ServeConfig`,
 :data:`PRESETS`, :data:`ROUTERS`, :func:`topology_preset`), :mod:`~labkit.serve.placement`
 (:class:`PlacementPlan`, :func:`plan_placement`, :func:`check_memory`, :func:`reserve_placement`),
-:mod:`~labkit.serve.app` (:func:`build_app` and the ``ray.serve.llm`` bridge),
+:mod:`~labkit.serve.app` (:func:`build_app`),
 :mod:`~labkit.serve.metrics` (:func:`list_replicas`, :func:`list_proxies`, :func:`fetch_metrics`)
 and :mod:`~labkit.serve.deployment` (:func:`deploy`, :class:`Deployment`, :func:`post_json`,
 :func:`deploy_coordinator`). Patch a name where it is looked up
@@ -40,8 +38,6 @@ import time; :mod:`labkit._replica` loads only when an application is built.
 from __future__ import annotations
 
 from labkit.serve.app import build_app as build_app
-from labkit.serve.app import build_llm_config
-from labkit.serve.app import deploy_llm_app as deploy_llm_app
 from labkit.serve.config import PRESETS, ROUTERS, ServeConfig, topology_preset
 from labkit.serve.deployment import Deployment, deploy, deploy_coordinator
 from labkit.serve.deployment import post_json as post_json
@@ -57,7 +53,6 @@ __all__ = [
     "Placement",
     "PlacementPlan",
     "ServeConfig",
-    "build_llm_config",
     "check_memory",
     "check_placement",
     "deploy",

