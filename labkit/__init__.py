@@ -30,6 +30,7 @@ _EXPORTS = {
     "load_panel": "labkit.experiment",
     "make_tiny_model": "labkit.models",
     "measure_decode": "labkit.experiment",
+    "notebook_parameters": "labkit.record",
     "plan_placement": "labkit.serve",
     "plot_latency_cdf": "labkit.plots",
     "plot_latency_histogram": "labkit.plots",

@@ -91,3 +91,34 @@ def test_vllm_alone_phase_runs_on_the_cpu_build_and_is_compared_with_the_kit_pha
     figures = {p.name for p in (tmp_path / "figures").iterdir()}
     assert {"hist-ttft-vllm-vllm-2rps.png", "timeline-vllm-vllm-4rps.png"} <= figures, figures
     assert "Application startup complete" in (tmp_path / "vllm-server.log").read_text()
+
+
+def test_a_gpu_count_gives_workers_that_own_the_gpus_and_a_head_without():
+    script = _script()
+    assert script.cluster_layout(0) == {}  # no GPU: the embedded CPU default
+    one, two, three = script.cluster_layout(1), script.cluster_layout(2), script.cluster_layout(3)
+    assert (one["num_nodes"], one["gpus_per_node"]) == (2, 1)  # head + the worker that owns the GPU
+    assert (two["num_nodes"], two["gpus_per_node"]) == (3, 1)  # two stages can cross nodes
+    assert (three["num_nodes"], three["gpus_per_node"]) == (2, 3)
+    assert one["gpu_mode"] == "physical"
+
+
+@pytest.mark.slow
+def test_notebook_phase_runs_notebook_02_itself_on_a_cluster_it_started(tmp_path):
+    """The GPU check's notebook phase on the CPU build: the script starts the cluster, papermill runs
+    notebook 02 against its address, and the script reads the notebook's own verification log."""
+    script = _script()
+    argv = ["--phase", "notebook", "--gpus", "0", "--model", "tiny", "--max-num-seqs", "4"]
+    argv += ["--coordinator-max-concurrency", "1", "--duration-s", "8", "--engine-duration-s", "6"]
+    argv += ["--sweep-rates", "1", "--sweep-duration-s", "3", "--max-tokens", "16", "--out", str(tmp_path)]
+    assert script.main(argv) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    notebook = result["notebook"]
+    assert notebook["run"]["ok"], notebook["run"]
+    assert notebook["parameters"]["cluster_address"]  # the notebook connected to the script's cluster
+    assert {row["regime"] for row in notebook["table"]} == {"healthy", "coordinator-bound", "engine-bound"}
+    for row in notebook["table"]:
+        assert row["e2e_n"] > 0 and row["ttft_n"] == row["e2e_n"], row  # a first token on every answer
+    log = json.loads((tmp_path / notebook["log"]).read_text())
+    assert log["papermill"]["injected_parameters"]["backend"] == "cpu"
+    assert (tmp_path / "02_load_exercise.ipynb").exists()

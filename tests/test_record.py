@@ -604,6 +604,49 @@ def test_detect_papermill_in_a_real_papermill_run(tmp_path: Path) -> None:
     assert log["papermill"]["injected_parameters"]["hf_token"] == record.REDACTED
 
 
+def test_notebook_parameters_read_the_parameters_cells_and_the_namespace() -> None:
+    own = "# Parameters: papermill replaces these.\nlearner_id = None\noutput_dir = None\n"
+    own += "rate_rps = 5.0\nrates = [1, 2]\n"
+    injected = "# Parameters\nrate_rps = 20.0\nseed = 3\n"
+    namespace = {"learner_id": "s1", "output_dir": "/somewhere", "rate_rps": 20.0, "rates": (1, 2), "seed": 3, "x": 9}
+    found = record.notebook_parameters(namespace, ["%matplotlib inline", own, injected, "x = 9"])
+    # every name of both cells with the value the run uses, in the cell's order; the output folder is left out
+    assert found == {"learner_id": "s1", "rate_rps": 20.0, "rates": [1, 2], "seed": 3}
+    assert list(found) == ["learner_id", "rate_rps", "rates", "seed"]
+    assert record.notebook_parameters(namespace, [own], exclude=())["output_dir"] == "/somewhere"
+    with pytest.raises(ConfigError, match="# Parameters"):
+        record.notebook_parameters(namespace, ["rate_rps = 1"])
+    with pytest.raises(ConfigError, match="outside one"):
+        record.notebook_parameters()  # no kernel here
+
+
+def test_notebook_parameters_in_a_real_papermill_run(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    papermill = pytest.importorskip("papermill")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell("# Parameters: defaults\nrate_rps = 1.0\nduration_s = 10.0\noutput_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "import json, labkit\n"
+            f"open({str(tmp_path / 'out.json')!r}, 'w').write(json.dumps(labkit.notebook_parameters()))"
+        ),
+    ]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    papermill.execute_notebook(
+        str(tmp_path / "in.ipynb"),
+        str(tmp_path / "run.ipynb"),
+        kernel_name="python3",
+        parameters={"rate_rps": 7.5, "output_dir": str(tmp_path)},
+        progress_bar=False,
+        cwd=str(ROOT),
+    )
+    assert json.loads((tmp_path / "out.json").read_text()) == {"rate_rps": 7.5, "duration_s": 10.0}
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 

@@ -29,7 +29,7 @@ from labkit.record.cli import register_cli
 from labkit.record.environment import PACKAGES as PACKAGES
 from labkit.record.environment import record_environment
 from labkit.record.log import VerificationLog, checkpoint, default_runs_dir
-from labkit.record.provenance import describe_cluster, describe_model, detect_papermill
+from labkit.record.provenance import describe_cluster, describe_model, detect_papermill, notebook_parameters
 from labkit.record.redaction import REDACTED, is_secret_name, redact
 from labkit.record.schema import (
     HASH_ALGORITHM,
@@ -56,6 +56,7 @@ __all__ = [
     "describe_cluster",
     "describe_model",
     "detect_papermill",
+    "notebook_parameters",
     "is_secret_name",
     "load_schema",
     "record_environment",

@@ -26,6 +26,7 @@ __all__ = [
     "describe_cluster",
     "describe_model",
     "detect_papermill",
+    "notebook_parameters",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -112,6 +113,72 @@ def detect_papermill(history: Sequence[str] | None = None) -> dict[str, Any]:
         if earlier & params.keys():
             return {"detected": True, "injected_parameters": params}
     return {"detected": False, "injected_parameters": {}}
+
+
+def notebook_parameters(
+    namespace: Mapping[str, Any] | None = None,
+    history: Sequence[str] | None = None,
+    *,
+    exclude: Sequence[str] = ("output_dir",),
+) -> dict[str, Any]:
+    """Return the running notebook's parameters with the values this run uses, for :func:`checkpoint`.
+
+    The names are those its ``parameters`` cell assigns (a cell whose first line starts with
+    ``# Parameters``, e.g. ``# Parameters: papermill and make run replace these.``) and those
+    papermill's injected cell (first line exactly ``# Parameters``) assigns; the values are read
+    from the kernel's namespace, so a value papermill injected is the one recorded. Call it in the
+    cell right after the parameters, before any cell changes one: then the log cannot drift from
+    the notebook, whatever parameters are added later.
+
+    Parameters
+    ----------
+    namespace : mapping, optional
+        The notebook's variables; the IPython kernel's when omitted.
+    history : sequence of str, optional
+        Executed cell sources in order; IPython's ``In`` when omitted.
+    exclude : sequence of str
+        Names left out: ``output_dir`` by default (where the run writes, a path of this machine,
+        not a setting of the experiment).
+
+    Returns
+    -------
+    dict
+        ``{name: JSON-ready value}`` in the parameters cell's order, injected-only names last.
+
+    Raises
+    ------
+    ConfigError
+        Outside a notebook (no IPython kernel), or when no executed cell starts with ``# Parameters``.
+    """
+    if namespace is None or history is None:
+        ipython = sys.modules.get("IPython")
+        shell = ipython.get_ipython() if ipython is not None else None
+        if shell is None:
+            msg = (
+                "notebook_parameters() reads a running notebook's parameters cell; "
+                "outside one, pass parameters= yourself."
+            )
+            raise ConfigError(msg, field="namespace", value=None)
+        namespace = shell.user_ns if namespace is None else namespace
+        if history is None:
+            history = [c for c in shell.user_ns.get("In", []) if isinstance(c, str)]
+    names: list[str] = []
+    cells = [c for c in history if c.lstrip("\n").startswith("# Parameters")]
+    if not cells:
+        msg = (
+            "No executed cell starts with '# Parameters': run the notebook's parameters cell first "
+            "(its first line must start with '# Parameters')."
+        )
+        raise ConfigError(msg, field="history", value=len(history))
+    for source in cells:
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+    return {n: _jsonable(namespace[n]) for n in names if n in namespace and n not in exclude}
 
 
 def _first_number(*values: Any) -> float | None:
