@@ -24,7 +24,7 @@ from labkit.stats import summarize_run
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "verification" / "reference"
 NOW = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
-GPU_LOG = REFERENCE / "gpu" / "gpu-load-exercise--reference-gpu--20261127T125223Z--a4081245.json"
+GPU_LOG = REFERENCE / "gpu" / "2gpu-20261127" / "gpu-load-exercise--reference-gpu--20261127T125223Z--a4081245.json"
 
 
 BOB = json.loads((REFERENCE / "good/bob--02_multinode_serving_gpu.json").read_text())
