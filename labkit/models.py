@@ -604,7 +604,7 @@ def resolve_model(model: str | Path | None = None, *, served_name: str | None = 
     text = str(model) if model is not None else "tiny"
     if text == "tiny":
         path = make_tiny_model()
-        params = count_parameters(_TINY_CONFIG)
+        params: int | None = count_parameters(_TINY_CONFIG)
         return ModelSpec(str(path), served_name or TINY_MODEL_NAME, "auto", True, params)
     if text.startswith("dummy:"):
         arch = text.split(":", 1)[1]

@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from labkit.load.config import LoadConfig
 
@@ -59,7 +59,7 @@ def _arrival_offsets(config: LoadConfig) -> Iterator[tuple[int, float]]:
         if slope == 0.0:
             t = u / r0
         else:  # invert r0 t + slope t^2 / 2 = u; constant r1 after the ramp
-            t_ramp = dur  # type: ignore[assignment]
+            t_ramp = cast(float, dur)  # slope != 0 only when dur is set
             u_ramp = r0 * t_ramp + slope * t_ramp * t_ramp / 2
             t = (-r0 + math.sqrt(r0 * r0 + 2 * slope * u)) / slope if u <= u_ramp else t_ramp + (u - u_ramp) / r1
         if dur is not None and t >= dur:

@@ -230,7 +230,8 @@ def _gpus_smi() -> dict[str, Any] | None:
     query = _run([smi, "--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader,nounits"])
     if query is None:
         return None
-    gpus, driver = [], None
+    gpus: list[dict[str, Any]] = []
+    driver: str | None = None
     for line in query.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) != 4:

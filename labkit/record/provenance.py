@@ -313,7 +313,7 @@ def describe_model(model: str | os.PathLike[str] | None) -> dict[str, Any]:
     ModelError
         If model looks like a local path that does not exist.
     """
-    empty = {
+    empty: dict[str, Any] = {
         "source": "none",
         "id": None,
         "path": None,
