@@ -21,6 +21,8 @@ the message, so tests and the CLI do not have to parse text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "ClusterError",
     "ConfigError",
@@ -101,7 +103,7 @@ class PlacementError(DeploymentError):
         message: str,
         *,
         needed: dict[str, float] | None = None,
-        available: dict[str, float] | None = None,
+        available: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(message)
         self.needed = needed or {}

@@ -129,11 +129,13 @@ def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
     if router:
         from ray.serve.config import RequestRouterConfig
 
-        options["request_router_config"] = RequestRouterConfig(request_router_class=router.replace(":", "."))
-    llm = serve.deployment(_replica.LLMServer).options(**options).bind(settings)
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=router.replace(":", ".")  # type: ignore[arg-type]  # Ray types **kwargs as dicts
+        )
+    llm = serve.deployment(_replica.LLMServer).options(**options).bind(settings)  # type: ignore[attr-defined]  # Ray types deployment(cls) as a decorator
     if not config.coordinator:
         return llm
-    coord = serve.deployment(_replica.Coordinator).options(
+    coord = serve.deployment(_replica.Coordinator).options(  # type: ignore[attr-defined]  # Ray types deployment(cls) as a decorator
         name="Coordinator",
         num_replicas=1,
         max_ongoing_requests=100_000,

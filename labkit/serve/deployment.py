@@ -146,7 +146,7 @@ def _free_port() -> int:
 def _serve_http_port() -> int:
     from ray import serve
 
-    details = serve.context._get_global_client().get_serve_details()
+    details = serve.context._get_global_client().get_serve_details()  # type: ignore[union-attr]  # Ray raises, never returns None, by default
     return int(details["http_options"]["port"])
 
 
@@ -160,7 +160,7 @@ def _serve_running_proxy_location() -> str | None:
     from ray import serve
 
     try:
-        details = serve.context._get_global_client().get_serve_details()
+        details = serve.context._get_global_client().get_serve_details()  # type: ignore[union-attr]  # Ray raises, never returns None, by default
         return str(details.get("proxy_location", "")) or None
     except Exception:  # noqa: BLE001 - older/newer Serve: fall back to "unknown"
         return "unknown"
@@ -258,7 +258,7 @@ def _wait_until_ready(deployment: Deployment, timeout_s: float, started: float) 
     while time.monotonic() < deadline:
         status = serve.status().applications.get(deployment.config.app_name)
         state = str(status.status) if status else "MISSING"
-        if "DEPLOY_FAILED" in state or "UNHEALTHY" in state:
+        if status is not None and ("DEPLOY_FAILED" in state or "UNHEALTHY" in state):
             why = [status.message or state] + [
                 f"{name}: {dep.message}" for name, dep in status.deployments.items() if getattr(dep, "message", "")
             ]
@@ -317,7 +317,7 @@ def deploy_coordinator(
 
     handle = serve.get_deployment_handle("LLMServer", app_name=deployment.config.app_name)
     app = (
-        serve.deployment(_replica.Coordinator)
+        serve.deployment(_replica.Coordinator)  # type: ignore[attr-defined]  # Ray types deployment(cls) as a decorator
         .options(
             name="Coordinator",
             num_replicas=1,

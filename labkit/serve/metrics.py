@@ -27,7 +27,7 @@ def list_replicas(app_name: str = "labkit") -> list[dict[str, Any]]:
     """
     from ray import serve
 
-    details = serve.context._get_global_client().get_serve_details()
+    details = serve.context._get_global_client().get_serve_details()  # type: ignore[union-attr]  # Ray raises, never returns None, by default
     app = details.get("applications", {}).get(app_name, {})
     out = []
     for dep_name, dep in app.get("deployments", {}).items():
@@ -49,7 +49,7 @@ def list_proxies() -> list[dict[str, Any]]:
     """Return Serve's HTTP proxies with node id and pid (for telemetry)."""
     from ray import serve
 
-    details = serve.context._get_global_client().get_serve_details()
+    details = serve.context._get_global_client().get_serve_details()  # type: ignore[union-attr]  # Ray raises, never returns None, by default
     return [
         {"node_id": node_id, "actor_name": p.get("actor_name"), "pid": p.get("pid"), "status": str(p.get("status"))}
         for node_id, p in details.get("proxies", {}).items()

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from labkit.errors import ConfigError, TelemetryError
 from labkit.telemetry.collector import _require_ray, get_collector
@@ -126,7 +126,8 @@ class TelemetryRecorder:
             if not targets:
                 self.notes.append("No Serve processes found on this machine to sample.")
         if targets:
-            self._proc = ProcessSampler(list(targets), self.process_interval_s)
+            # __init__ allows no string but "serve", which was just replaced by the processes found
+            self._proc = ProcessSampler(list(cast(Sequence[ProcessTarget], targets)), self.process_interval_s)
             self._proc.start()
         return self
 
