@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from typing import Any, cast
 
 from labkit.errors import LoadGenError, MissingDependencyError
 from labkit.load.config import LoadConfig
@@ -61,7 +61,7 @@ def _read_prompt_file(path: str) -> list[str | list[dict[str, Any]]]:
             elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
                 prompts.append(obj["messages"])
             elif isinstance(obj, dict) and isinstance(obj.get("prompt", obj.get("text")), str):
-                prompts.append(obj.get("prompt", obj.get("text")))
+                prompts.append(cast(str, obj.get("prompt", obj.get("text"))))  # a str: checked just above
             else:
                 msg = (
                     f"Line {k + 1} of prompt file '{path}' has neither 'prompt', 'text' nor 'messages'. "

@@ -478,7 +478,7 @@ class _Runner:
     def _timeout(self, req: _Req) -> None:
         conn = req.conn
         lost = conn is not None and conn.req is req
-        if lost:
+        if lost and conn is not None:  # lost implies conn; the check narrows its type
             conn.req = None
             conn.transport.abort()  # type: ignore[union-attr]
         self._finish(

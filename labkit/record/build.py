@@ -68,7 +68,9 @@ def compact_records(
     """
     from labkit.load import RequestRecord
 
-    groups = records.items() if isinstance(records, Mapping) else [(None, records)]
+    groups: Iterable[tuple[str | None, Iterable[Any]]] = (
+        records.items() if isinstance(records, Mapping) else [(None, records)]
+    )
     runs: list[str] = []
     rows, run_of = [], []
     for name, group in groups:

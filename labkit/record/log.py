@@ -16,7 +16,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from labkit.errors import RecordError
 from labkit.record.build import build_log
@@ -167,7 +167,7 @@ def find_own_logs(learner_id: str | None = None, runs_dir: str | os.PathLike[str
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             continue
         if isinstance(data, dict) and "integrity" in data and data.get("learner_id") == me:
-            timing = data.get("timing") if isinstance(data.get("timing"), dict) else {}
+            timing = cast("dict[str, Any]", data.get("timing")) if isinstance(data.get("timing"), dict) else {}
             found.append((str(timing.get("finished_at", "")), path))
     return [path for _, path in sorted(found)]
 

@@ -11,7 +11,7 @@ import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from labkit.errors import ConfigError
 from labkit.stats.distribution import _np
@@ -261,7 +261,7 @@ def _goodput(recs: list[RequestRecord], slo: Mapping[str, float], duration_s: fl
         if r.status != "ok":
             continue
         checks = {"ttft_s": r.ttft_s, "e2e_s": r.e2e_s, "tpot_s": r.tpot_s, "itl_s": max(r.itl_s) if r.itl_s else None}
-        if all(checks[k] is not None and checks[k] <= v for k, v in slo.items() if k != "itl_s") and (
+        if all(checks[k] is not None and cast(float, checks[k]) <= v for k, v in slo.items() if k != "itl_s") and (
             "itl_s" not in slo or checks["itl_s"] is None or checks["itl_s"] <= slo["itl_s"]
         ):
             good += 1
