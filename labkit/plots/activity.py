@@ -86,8 +86,8 @@ def plot_request_share(
         jain = stats.load_balance_index(share)
         xs = range(len(ids))
         ax.bar(xs, [s * 100 for s in shares], color=[PALETTE[i % len(PALETTE)] for i in xs])
-        for x, ident, share in zip(xs, ids, shares, strict=True):
-            ax.text(x, share * 100, f"{counts[ident]} ({share:.0%})", ha="center", va="bottom", fontsize=9)
+        for x, ident, fraction in zip(xs, ids, shares, strict=True):
+            ax.text(x, fraction * 100, f"{counts[ident]} ({fraction:.0%})", ha="center", va="bottom", fontsize=9)
         even = 100 / len(ids)
         ax.axhline(even, color="0.3", linestyle="--", linewidth=1.2, label=f"even share = {even:.0f}%")
         ax.set_xticks(list(xs), [_short(i) for i in ids], rotation=0 if len(ids) < 6 else 45)
@@ -170,8 +170,8 @@ def plot_timeline(
     )
     ax_lat, ax_eng = axes[0], axes[1]
 
-    ok = [(r, stats.latency_values([r], metric, include_failures=False)) for r in recs if r.status == "ok"]
-    ok = [(r, v[0]) for r, v in ok if v]
+    measured = [(r, stats.latency_values([r], metric, include_failures=False)) for r in recs if r.status == "ok"]
+    ok = [(r, v[0]) for r, v in measured if v]
     values = stats.latency_values(recs, metric)
     unit, scale = _unit(max(values) if values else 1.0)
     replicas = sorted({r.replica_id or "?" for r, _ in ok})

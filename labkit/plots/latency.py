@@ -201,7 +201,7 @@ def plot_latency_cdf(
     for i, (run, xs) in enumerate(data.items()):
         color, style = PALETTE[i % len(PALETTE)], _LINESTYLES[(i // len(PALETTE)) % 4]
         n = len(xs)
-        y = np.arange(1, n + 1) / n
+        cdf = np.arange(1, n + 1) / n
         pct = _percentiles(xs, percentiles)
         label = f"{run}: p50 {_fmt_latency(pct.get(50, float(np.median(xs))))}"
         if 99 in pct:
@@ -209,7 +209,7 @@ def plot_latency_cdf(
         if tail:
             ax.step(
                 xs * scale,
-                np.clip(1 - y + 1 / n, 1 / n, 1),
+                np.clip(1 - cdf + 1 / n, 1 / n, 1),
                 where="post",
                 color=color,
                 linestyle=style,
@@ -217,7 +217,7 @@ def plot_latency_cdf(
                 label=label,
             )
         else:
-            ax.step(xs * scale, y, where="post", color=color, linestyle=style, linewidth=1.8, label=label)
+            ax.step(xs * scale, cdf, where="post", color=color, linestyle=style, linewidth=1.8, label=label)
         if percentiles:
             top = max(percentiles)
             yy = 1 - top / 100 if tail else top / 100

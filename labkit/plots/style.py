@@ -7,7 +7,7 @@ values drawn (definitions from :mod:`labkit.stats`), and the one place matplotli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def _values(data: Any, metric: str, name: str = "", include_failures: bool = Tru
     return values
 
 
-def _percentiles(values: Sequence[float], qs: Sequence[float]) -> dict[float, float]:
+def _percentiles(values: Iterable[float], qs: Sequence[float]) -> dict[float, float]:
     got = stats.percentiles(values, qs)
     return {q: got[stats.percentile_label(q)] for q in qs}
 
