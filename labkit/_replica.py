@@ -17,11 +17,14 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+
+if TYPE_CHECKING:
+    from vllm.tokenizers.protocol import TokenizerLike
 
 HEADER_NODE = "x-labkit-node-id"
 HEADER_REPLICA = "x-labkit-replica-id"
@@ -186,7 +189,7 @@ class LLMServer:
         args = AsyncEngineArgs(**settings["engine_args"])
         loggers = [self.activity.stat_logger_factory(), RayPrometheusStatLogger]
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
-        self.tokenizer = None
+        self.tokenizer: TokenizerLike | None = None
         self._ranks: list[dict[str, Any]] | None = None
         self._reporter = None
         try:  # telemetry is optional: the server answers without it
@@ -218,7 +221,8 @@ class LLMServer:
             self.tokenizer = self.engine.get_tokenizer()
             if asyncio.iscoroutine(self.tokenizer):
                 self.tokenizer = await self.tokenizer
-        return self.tokenizer.apply_chat_template(req["messages"], tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(req["messages"], tokenize=False, add_generation_prompt=True)
+        return cast(str, text)  # tokenize=False: the template's text, not token ids
 
     async def handle_api(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[Any]:
         """Serve one API call; yield ``{"status", "headers"}`` then body chunks (bytes)."""
@@ -380,7 +384,7 @@ class LLMServer:
         if first is not None:
             timings["engine_ttft_s"] = first - submit
         timings["engine_total_s"] = done - submit
-        if metrics is not None and getattr(metrics, "scheduled_ts", 0) and getattr(metrics, "queued_ts", 0):
+        if metrics is not None and getattr(metrics, "scheduled_ts", 0) and getattr(metrics, "queued_ts", 0):  # type: ignore[arg-type]  # mypy types getattr's default from the left of "and"
             timings["engine_queue_s"] = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
         usage = {
             "prompt_tokens": prompt_tokens,

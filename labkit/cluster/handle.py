@@ -62,6 +62,8 @@ class ClusterHandle:
     Use it as a context manager, or call :meth:`stop`.
     """
 
+    start_s: float  # seconds the embedded cluster took to start; set by start_cluster only
+
     def __init__(
         self,
         *,

@@ -144,7 +144,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 physical_next += gpus
                 args["env_vars"]["CUDA_VISIBLE_DEVICES"] = devices
             _add_worker(cluster, args, f"worker-{i}", slow_nodes)
-        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)  # type: ignore[arg-type]  # Ray takes level names too (its default is "info") but annotates int
         handle = ClusterHandle(
             address=cluster.address, embedded=True, config=config, cluster=cluster, temp_dir=temp_root
         )
@@ -283,7 +283,7 @@ def connect_cluster(address: str | None = "auto", *, timeout_s: float = 10.0) ->
         msg = "This process is already connected to a Ray cluster. Call ray.shutdown() first."
         raise ClusterError(msg, address=_redact_address(address))
     try:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)  # type: ignore[arg-type]  # Ray takes level names too (its default is "info") but annotates int
     except (ConnectionError, RuntimeError, ValueError) as err:
         text = str(err)
         hint = ""

@@ -55,7 +55,7 @@ def register_cli(subparsers: Any) -> None:
 
 def _parse_thresholds(items: Sequence[str]) -> Thresholds:
     names = {f.name: f.type for f in dataclasses.fields(Thresholds)}
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}  # an int for min_requests, floats for the others
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or key not in names:
