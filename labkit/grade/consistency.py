@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from labkit.grade.budget import tick
 from labkit.grade.loader import _TIME_COLUMNS, _dict, _get, _list, _num, _Table, _table, _time
@@ -357,7 +357,7 @@ def _check_summaries(data: Mapping[str, Any], table: _Table, rubric: Rubric, fil
         groups = {k: v for k, v in groups.items() if v}
         if not groups:
             continue
-        metric = summary.get("metric") if isinstance(summary.get("metric"), str) else name.rsplit(".", 1)[-1]
+        metric = cast(str, summary.get("metric")) if isinstance(summary.get("metric"), str) else name.rsplit(".", 1)[-1]
         if not _is_recomputable(metric, series):
             known = _normalize_metric(metric) == "itl"
             findings.append(
@@ -466,12 +466,13 @@ def _summary_finding(item: _Summary, file: str) -> Finding:
     group = "percentiles" if "percentiles" in misses else "ok_percentiles"
     sel, size, diffs = misses[group]
     label, diff = next(iter(diffs.items()), ("?", {"reported": None, "recomputed": None}))
+    rows = cast("dict[str, Any]", item.first_miss)["rows"]  # set: only items with a miss come here
     return Finding(
         "percentile_mismatch",
         f"Summary '{name[:80]}' ({metric[:40]}): {group} {label} reported {diff['reported']!r}; "
-        f"the {size} raw samples ({item.first_miss['rows']}) give {diff['recomputed']!r}.",
+        f"the {size} raw samples ({rows}) give {diff['recomputed']!r}.",
         file,
-        {"summary": name, "group": group, "rows": item.first_miss["rows"], "differences": diffs},
+        {"summary": name, "group": group, "rows": rows, "differences": diffs},
     )
 
 
@@ -533,7 +534,7 @@ def _check_times(data: Mapping[str, Any], table: _Table, rubric: Rubric, file: s
         t0 = _time(_get(data, "samples.requests.t0_wall"))
         slack = tol["samples_slack_s"]  # seconds as floats: datetime arithmetic overflows on wild values
         offset = None if t0 is None else (t0 - started).total_seconds()
-        if offset is not None and (offset < -slack or offset + span > run_s + slack):
+        if t0 is not None and offset is not None and (offset < -slack or offset + span > run_s + slack):
             findings.append(
                 Finding(
                     "samples_outside_run",

@@ -95,7 +95,7 @@ def _shape(table: _Table) -> tuple[Any, Any]:
         span = done - sent if sent is not None and done is not None else None
         e2e.append(math.log(span) if span is not None and 1e-9 < span < 1e9 else math.nan)
         ok = first is not None and last is not None and tokens is not None and 2 <= tokens < 1e9
-        step = (last - first) / (tokens - 1) if ok else None
+        step = (last - first) / (tokens - 1) if ok and tokens is not None else None  # ok implies tokens
         tpot.append(step if step is not None and 0 < step < 1e9 else math.nan)
     if len(e2e) < _SHAPE or not all(math.isfinite(v) for v in e2e):
         return None, None
@@ -257,27 +257,28 @@ def _shape_pairs(fps: Sequence[Fingerprint | None], threshold: float) -> dict[tu
     """Pairs whose first requests' latencies follow each other in order: {(a, b): (correlation, shift)}."""
     import numpy as np
 
+    present = {i: fp for i, fp in enumerate(fps) if fp is not None}  # the indices below are all here
     index = [i for i, fp in enumerate(fps) if fp is not None and fp.shape is not None and fp.shape.size >= _SHAPE]
     if len(index) < 2:
         return {}
-    first = _normalized(np.stack([fps[i].shape[:_SHAPE] for i in index]))
+    first = _normalized(np.stack([present[i].shape[:_SHAPE] for i in index]))
     found: dict[tuple[int, int], tuple[float, int]] = {}
     for shift in range(_SHIFT + 1):
-        have = [k for k, i in enumerate(index) if fps[i].shape.size >= _SHAPE + shift]
-        later = _normalized(np.stack([fps[index[k]].shape[shift : shift + _SHAPE] for k in have]))
+        have = [k for k, i in enumerate(index) if present[i].shape.size >= _SHAPE + shift]
+        later = _normalized(np.stack([present[index[k]].shape[shift : shift + _SHAPE] for k in have]))
         for start in range(0, len(index), 256):  # blocks: memory stays small for thousands of logs
             tick(256 * len(have))
             scores = first[start : start + 256] @ later.T
             for r, c in zip(*np.nonzero(scores >= threshold), strict=True):
                 a, b = index[start + r], index[have[c]]
-                if a == b or fps[a].learner == fps[b].learner:
+                if a == b or present[a].learner == present[b].learner:
                     continue
                 key = (min(a, b), max(a, b))
                 if key not in found or scores[r, c] > found[key][0]:
                     found[key] = (float(scores[r, c]), shift if a < b else -shift)
     confirmed = {}
     for (a, b), (score, shift) in found.items():
-        x, y = (fps[a].tpot, fps[b].tpot) if shift >= 0 else (fps[b].tpot, fps[a].tpot)
+        x, y = (present[a].tpot, present[b].tpot) if shift >= 0 else (present[b].tpot, present[a].tpot)
         k = abs(shift)
         tpot = _correlation(x[:_SHAPE], y[k : k + _SHAPE])
         if tpot is None or tpot >= threshold - 0.05:  # the decode steps follow too, where both have them
@@ -306,11 +307,12 @@ def _cross_checks(
     """
     extra: dict[int, list[Finding]] = defaultdict(list)
     usable = [(i, fp) for i, fp in enumerate(fps) if fp is not None]
+    present = dict(usable)  # every index compared below is a usable one
     learners = len({fp.learner for _, fp in usable})
     evidence: dict[tuple[int, int], dict[str, str]] = defaultdict(dict)
 
     def note(a: int, b: int, code: str, text: str) -> None:
-        if fps[a].learner != fps[b].learner:
+        if present[a].learner != present[b].learner:
             evidence[(min(a, b), max(a, b))].setdefault(code, text)
 
     groups: dict[str, list[int]] = defaultdict(list)
@@ -330,7 +332,7 @@ def _cross_checks(
     def samples() -> None:
         sketches = {i: fp.sketch for i, fp in usable if fp.key_count >= minimum}
         for (a, b), count in sorted(_common_pairs(fps, sketches, _MAX_SHARERS).items()):
-            shared, fraction = _shared_estimate(fps[a], fps[b], count)
+            shared, fraction = _shared_estimate(present[a], present[b], count)
             if shared >= minimum and fraction >= rules["min_shared_fraction"]:
                 note(a, b, "copied_samples", f"{math.floor(shared)} raw samples ({fraction:.0%}) are the same")
 
@@ -349,7 +351,7 @@ def _cross_checks(
         arrays = {i: fp.tokens for i, fp in usable}
         sharers = max(3, math.ceil(_TOKEN_SHARE * learners))
         for (a, b), count in sorted(_common_pairs(fps, arrays, sharers).items()):
-            smaller = min(fps[a].tokens.size, fps[b].tokens.size)
+            smaller = min(present[a].tokens.size, present[b].tokens.size)
             if count >= rules["min_shared_run_values"] and count >= rules["min_shared_fraction"] * smaller:
                 note(a, b, "shared_run_values", f"{count} run-unique values (replica ids, timings to 12 digits) match")
 
@@ -361,35 +363,35 @@ def _cross_checks(
         def report(a: int = a, b: int = b, found: dict[str, str] = found) -> None:
             code = min(found, key=_STRENGTH.__getitem__)
             why = "; ".join(found[c] for c in sorted(found, key=_STRENGTH.__getitem__))
-            names = {i: fps[i].learner for i in (a, b)}
+            names = {i: present[i].learner for i in (a, b)}
             copier = None
-            a_names_b = names[b] in fps[a].mentions
-            b_names_a = names[a] in fps[b].mentions
+            a_names_b = names[b] in present[a].mentions
+            b_names_a = names[a] in present[b].mentions
             if a_names_b != b_names_a:
                 copier = a if a_names_b else b
             for me, other in ((a, b), (b, a)):
                 if copier is not None and me != copier:
-                    where = fps[copier].mentions.get(names[me], "")
+                    where = present[copier].mentions.get(names[me], "")
                     extra[me].append(
                         Finding(
                             "copy_source",
-                            f"{names[other]}'s log {fps[other].file} copies this one ({why}); it still names "
+                            f"{names[other]}'s log {present[other].file} copies this one ({why}); it still names "
                             f"{names[me]} in {where}, so it is the copy. Not held against this learner.",
-                            fps[me].file,
-                            {"copy": fps[other].file, "other_learner": names[other]},
+                            present[me].file,
+                            {"copy": present[other].file, "other_learner": names[other]},
                         )
                     )
                     continue
                 if copier == me:
-                    where = fps[me].mentions.get(names[other], "")
+                    where = present[me].mentions.get(names[other], "")
                     blame = f" This log still names {names[other]} in {where}: it is the copy."
                 else:
                     blame = " The grader cannot tell who copied whom: compare the two learners' notebooks."
                 extra[me].append(
                     Finding(
                         code,
-                        f"Same run as {names[other]}'s log {fps[other].file}: {why}.{blame}",
-                        fps[me].file,
+                        f"Same run as {names[other]}'s log {present[other].file}: {why}.{blame}",
+                        present[me].file,
                         {"other_learner": names[other], "evidence": sorted(found)},
                     )
                 )

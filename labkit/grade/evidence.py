@@ -29,7 +29,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from labkit.grade.budget import tick
 from labkit.grade.consistency import _sorted_percentile, recompute_metric
@@ -359,7 +359,7 @@ def _check_claim(data: Mapping[str, Any], table: _Table, rubric: Rubric, file: s
     from labkit.experiment import ACTIVITY_TOLERANCE, TAIL_RATIO_FACTOR  # the claim's own constants
 
     problems: list[str] = []
-    metric = claim.get("metric") if claim.get("metric") in ("ttft", "e2e") else "ttft"
+    metric = cast(str, claim.get("metric")) if claim.get("metric") in ("ttft", "e2e") else "ttft"
     rate = _num(claim.get("rate_rps"))
     runs = _dict(_get(data, "outputs.runs"))
     names = _runs_by_path(table)
@@ -637,9 +637,9 @@ def placement_problems(placement: Mapping[str, Any], cluster_ids: set[str] | Non
                 )
         if unknown:
             problems.append(f"replica {rid}: {unknown} rank(s) with no node id, so where they ran is not shown")
-        node = replica.get("node_id")
-        if cluster_ids is not None and node and str(node)[:80] not in cluster_ids:
-            problems.append(f"replica {rid} ran on node {str(node)[:16]}, not in cluster.nodes")
+        replica_node = replica.get("node_id")
+        if cluster_ids is not None and replica_node and str(replica_node)[:80] not in cluster_ids:
+            problems.append(f"replica {rid} ran on node {str(replica_node)[:16]}, not in cluster.nodes")
     return problems
 
 

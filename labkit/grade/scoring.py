@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from labkit.errors import GradingError
 from labkit.grade.budget import BudgetExceeded, budget
@@ -117,6 +118,14 @@ class _Graded:
     score: float = 0.0
 
 
+class _Description(TypedDict):
+    """The text fields of :class:`_Graded` that describe the run."""
+
+    when: str
+    backend: str
+    hardware: str
+
+
 def _budget_finding(err: BaseException, file: str, stage: str) -> Finding:
     return Finding(
         "check_budget_exceeded",
@@ -158,7 +167,7 @@ def _check_file(path: Path, rubric: Rubric, now: dt.datetime, root: Path | None)
                 findings.append(_error_finding(err, loaded.file, "Summarizing it for the checks across logs"))
     data = loaded.data
     usable = data is not None and not data.get("_unusable")
-    info = {"when": "", "backend": "", "hardware": ""}
+    info: _Description = {"when": "", "backend": "", "hardware": ""}
     if data is not None:
         try:
             info["when"] = _text(_get(data, "timing.finished_at"), 40)
