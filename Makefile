@@ -5,7 +5,7 @@ OUT ?= verification/runs
 LOGS ?= verification/runs
 PYTEST_ARGS ?=
 
-.PHONY: help setup lab run test test-fast grade bench lock clean
+.PHONY: help setup lab run lint test test-fast grade bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -20,7 +20,11 @@ lab: setup ## JupyterLab on this folder, opening in notebooks/ (127.0.0.1 only; 
 run: setup ## run the whole lab headless with papermill into verification/runs/<timestamp>/
 	$(PY) -m labkit run --out $(OUT)
 
-test: setup ## run every test: unit, the real Ray + Serve + vLLM stack, notebooks, browser
+lint: setup ## ruff (labkit, tests, scripts, benchmarks) and mypy (labkit); part of make test
+	$(PY) -m ruff check labkit tests scripts benchmarks
+	$(PY) -m mypy
+
+test: setup lint ## lint, then every test: unit, the real Ray + Serve + vLLM stack, notebooks, browser
 	@bash scripts/setup_browser.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 

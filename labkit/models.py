@@ -34,7 +34,6 @@ __all__ = [
     "hash_directory",
     "make_dummy_model",
     "make_tiny_model",
-    "register_cli",
     "resolve_model",
 ]
 
@@ -635,24 +634,3 @@ def resolve_model(model: str | Path | None = None, *, served_name: str | None = 
         )
         raise ModelError(msg, path=text)
     return ModelSpec(text, served_name or text, "auto", False, None)
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add the ``model`` subcommand (make the tiny model, print its path and sha256).
-
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        The CLI's subparsers.
-    """
-    parser = subparsers.add_parser("model", help="make the offline tiny model and print its path and sha256")
-    parser.add_argument("--dir", default=None, help="target directory (default: the cache)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
-    parser.set_defaults(func=_cli_model)
-
-
-def _cli_model(args: Any) -> int:
-    path = make_tiny_model(args.dir, seed=args.seed, force=args.force)
-    print(f"{path}\nsha256 {hash_directory(path)}")
-    return 0

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError
 
-__all__ = ["NOTEBOOKS", "LabRun", "register_cli", "run_lab"]
+__all__ = ["NOTEBOOKS", "LabRun", "run_lab"]
 
 NOTEBOOKS = (
     "00_environment_check.ipynb",
@@ -218,60 +218,3 @@ def _kernel_config(sockets: str) -> Any:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add the ``run`` subcommand.
-
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        The CLI's subparsers.
-    """
-    parser = subparsers.add_parser("run", help="execute every chapter notebook headless (papermill)")
-    parser.add_argument("--out", default=None, help="run folder (default verification/runs/<timestamp>/)")
-    parser.add_argument("--notebook", action="append", dest="notebooks", help="only this notebook (repeatable)")
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="notebook parameter; VALUE is read as JSON when it parses, else as text",
-    )
-    parser.add_argument("--stop-on-failure", action="store_true")
-    parser.set_defaults(func=_cli_run)
-
-
-def _parse_parameters(items: Sequence[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            msg = f"Parameter '{item}' has no '='. Write NAME=VALUE, e.g. -p rate_rps=8"
-            raise ConfigError(msg, field="parameter", value=item)
-        key, value = item.split("=", 1)
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
-
-
-def _cli_run(args: Any) -> int:
-    out = args.out
-    if out and Path(out).name == "runs":  # `make run` passes the runs folder: add a timestamp
-        out = str(Path(out) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-    started = time.monotonic()
-    try:
-        run = run_lab(
-            out,
-            notebooks=args.notebooks,
-            parameters=_parse_parameters(args.parameter),
-            stop_on_failure=args.stop_on_failure,
-            progress=lambda line: print(line, flush=True),
-        )
-    except LabkitError:
-        raise
-    print(repr(run))
-    print(f"outputs: {run.out_dir} ({time.monotonic() - started:.0f} s in all)")
-    return 0 if run.ok else 1

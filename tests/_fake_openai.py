@@ -39,10 +39,7 @@ import threading
 import time
 from typing import Any
 
-HEADER_NODE = "x-labkit-node-id"
-HEADER_REPLICA = "x-labkit-replica-id"
-HEADER_TIMINGS = "x-labkit-timings"
-HEADER_SENT_AT = "x-labkit-sent-at"
+from labkit.contracts import HEADER_NODE, HEADER_REPLICA, HEADER_SENT_AT, HEADER_TIMINGS
 
 _CREATED = 1700000000
 
@@ -155,8 +152,9 @@ class FakeOpenAIServer:
     async def start_async(self) -> FakeOpenAIServer:
         """Start listening on the running loop."""
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(lambda: _Proto(self), self.host, self.port,
-                                                      backlog=4096)  # uvicorn: 2048
+        self._server = await self._loop.create_server(
+            lambda: _Proto(self), self.host, self.port, backlog=4096
+        )  # uvicorn: 2048
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -220,8 +218,11 @@ class FakeOpenAIServer:
     def _labkit(self, writes: dict[str, float] | None = None) -> dict[str, Any]:
         if self.event_attribution is not None:
             return self.event_attribution
-        return {"node_id": self.node_id, "replica_id": self.replica_id,
-                "timings": {**(self.timings or {}), **(writes or {})}}
+        return {
+            "node_id": self.node_id,
+            "replica_id": self.replica_id,
+            "timings": {**(self.timings or {}), **(writes or {})},
+        }
 
     def _head(self, status: int, content_type: str, chunked: bool, length: int = 0) -> bytes:
         reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}.get(status, "X")
@@ -240,10 +241,15 @@ class FakeOpenAIServer:
         """One SSE event (bytes) per chunk of tokens, the last with finish_reason."""
         events = []
         if chat:
-            first = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": _CREATED,
-                     "model": self.model,
-                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                  "logprobs": None, "finish_reason": None}]}
+            first = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": _CREATED,
+                "model": self.model,
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                ],
+            }
             events.append(b"data: " + self._dumps(first) + self.sep)
         k = 0
         while k < n_out:
@@ -252,31 +258,44 @@ class FakeOpenAIServer:
             k += take
             finish = "length" if k >= n_out else None
             if chat:
-                obj = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": _CREATED,
-                       "model": self.model,
-                       "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None,
-                                    "finish_reason": finish}]}
+                obj = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": _CREATED,
+                    "model": self.model,
+                    "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": finish}],
+                }
             else:
-                obj = {"id": "cmpl-fake", "object": "text_completion", "created": _CREATED,
-                       "model": self.model,
-                       "choices": [{"index": 0, "text": text, "logprobs": None,
-                                    "finish_reason": finish, "stop_reason": None}]}
+                obj = {
+                    "id": "cmpl-fake",
+                    "object": "text_completion",
+                    "created": _CREATED,
+                    "model": self.model,
+                    "choices": [
+                        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
+                    ],
+                }
             events.append(b"data: " + self._dumps(obj) + self.sep)
         return events
 
-    def _final_events(self, chat: bool, n_prompt: int, n_out: int, include_usage: bool,
-                      writes: dict[str, float] | None = None) -> list[bytes]:
+    def _final_events(
+        self, chat: bool, n_prompt: int, n_out: int, include_usage: bool, writes: dict[str, float] | None = None
+    ) -> list[bytes]:
         events = []
         final: dict[str, Any] = {}
         if self.usage and include_usage:
-            final["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out,
-                              "total_tokens": n_prompt + n_out}
+            final["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
         if self.attribution in ("event", "both"):
             final["labkit"] = self._labkit(writes)
         if final:
-            obj = {"id": "chatcmpl-fake" if chat else "cmpl-fake",
-                   "object": "chat.completion.chunk" if chat else "text_completion",
-                   "created": _CREATED, "model": self.model, "choices": [], **final}
+            obj = {
+                "id": "chatcmpl-fake" if chat else "cmpl-fake",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": _CREATED,
+                "model": self.model,
+                "choices": [],
+                **final,
+            }
             events.append(b"data: " + self._dumps(obj) + self.sep)
         events.append(b"data: [DONE]" + self.sep)
         return events
@@ -284,15 +303,22 @@ class FakeOpenAIServer:
     def _full_body(self, chat: bool, n_prompt: int, n_out: int) -> bytes:
         text = "".join(f" t{k}" for k in range(n_out))
         if chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                      "finish_reason": "length"}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length",
+            }
         else:
             choice = {"index": 0, "text": text, "finish_reason": "length"}
-        obj: dict[str, Any] = {"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion",
-                               "created": _CREATED, "model": self.model, "choices": [choice]}
+        obj: dict[str, Any] = {
+            "id": "cmpl-fake",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": _CREATED,
+            "model": self.model,
+            "choices": [choice],
+        }
         if self.usage:
-            obj["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out,
-                            "total_tokens": n_prompt + n_out}
+            obj["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
         if self.attribution in ("event", "both"):
             obj["labkit"] = self._labkit()
         return self._dumps(obj)
@@ -302,10 +328,12 @@ class FakeOpenAIServer:
         data = self._cache.get(key)
         if data is None:
             if stream:
-                events = self._token_events(chat, n_out) + self._final_events(
-                    chat, n_prompt, n_out, include_usage)
-                data = self._head(200, "text/event-stream; charset=utf-8", True) + b"".join(
-                    _chunk(e) for e in events) + b"0\r\n\r\n"
+                events = self._token_events(chat, n_out) + self._final_events(chat, n_prompt, n_out, include_usage)
+                data = (
+                    self._head(200, "text/event-stream; charset=utf-8", True)
+                    + b"".join(_chunk(e) for e in events)
+                    + b"0\r\n\r\n"
+                )
             else:
                 body = self._full_body(chat, n_prompt, n_out)
                 data = self._head(200, "application/json", False, len(body)) + body
@@ -362,8 +390,7 @@ class FakeOpenAIServer:
         if self.ttft_s <= 0 and self.itl_s <= 0 and now >= self._stall_until:
             tr.write(self._instant(chat, stream, include_usage, n_prompt, n_out))
             return
-        task = asyncio.get_running_loop().create_task(
-            self._slow(tr, chat, stream, include_usage, n_prompt, n_out, now))
+        task = asyncio.get_running_loop().create_task(self._slow(tr, chat, stream, include_usage, n_prompt, n_out, now))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -374,8 +401,16 @@ class FakeOpenAIServer:
                 return
             await asyncio.sleep(min(left, 0.005))  # a stall ended by a request ends early
 
-    async def _slow(self, tr: asyncio.Transport, chat: bool, stream: bool, include_usage: bool,
-                    n_prompt: int, n_out: int, t_arrival: float) -> None:
+    async def _slow(
+        self,
+        tr: asyncio.Transport,
+        chat: bool,
+        stream: bool,
+        include_usage: bool,
+        n_prompt: int,
+        n_out: int,
+        t_arrival: float,
+    ) -> None:
         if self.ttft_s > 0:
             await asyncio.sleep(self.ttft_s)
         await self._wait_stall()
@@ -436,8 +471,8 @@ class _Proto(asyncio.Protocol):
             length = int(headers.get("content-length", "0"))
             if len(buf) < i + 4 + length:
                 break
-            body = buf[i + 4:i + 4 + length]
-            buf = buf[i + 4 + length:]
+            body = buf[i + 4 : i + 4 + length]
+            buf = buf[i + 4 + length :]
             self.server.handle(self, method, path, headers, body)
         self.buf = buf
 
@@ -455,10 +490,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--itl-ms", type=float, default=0.0)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     parser.add_argument("--uvloop", action="store_true", help="use uvloop when installed")
-    parser.add_argument("--timings-of-writes", action="store_true",
-                        help="report when each request arrived and its first and last token were written")
-    parser.add_argument("--short-slice", action="store_true",
-                        help="ask the kernel for a 0.2 ms scheduler slice (answer promptly on a busy machine)")
+    parser.add_argument(
+        "--timings-of-writes",
+        action="store_true",
+        help="report when each request arrived and its first and last token were written",
+    )
+    parser.add_argument(
+        "--short-slice",
+        action="store_true",
+        help="ask the kernel for a 0.2 ms scheduler slice (answer promptly on a busy machine)",
+    )
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -471,8 +512,12 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    server = FakeOpenAIServer(output_tokens=args.output_tokens or None, ttft_s=args.ttft_ms / 1e3,
-                              itl_s=args.itl_ms / 1e3, timings_of_writes=args.timings_of_writes)
+    server = FakeOpenAIServer(
+        output_tokens=args.output_tokens or None,
+        ttft_s=args.ttft_ms / 1e3,
+        itl_s=args.itl_ms / 1e3,
+        timings_of_writes=args.timings_of_writes,
+    )
 
     async def _serve() -> None:
         await server.start_async()
@@ -485,8 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         await server.stop_async()
 
     asyncio.run(_serve())
-    print(json.dumps({"requests": server.requests, "connections": server.connections,
-                      "cpu_s": _cpu_seconds()}), flush=True)
+    print(
+        json.dumps({"requests": server.requests, "connections": server.connections, "cpu_s": _cpu_seconds()}),
+        flush=True,
+    )
     return 0
 
 

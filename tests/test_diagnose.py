@@ -218,12 +218,12 @@ def test_warmup_excluded_and_dicts_and_result_objects_accepted():
     recs = make_run(slow_every=0)
     recs[0].warmup = True
 
-    class Result:
+    class Result:  # a LoadResult's shape: records (here as dicts); its config carries no name
         records = [r.to_dict() for r in recs]
-        config = type("Cfg", (), {"name": "from-config"})()
 
-    d = diagnose(Result())
-    assert d.name == "from-config" and d.evidence["n_requests"] == 199
+    d = diagnose(Result(), name="from-caller")
+    assert d.name == "from-caller" and d.evidence["n_requests"] == 199
+    assert diagnose(Result()).name == ""
 
 
 def test_lagging_generator_noted():
@@ -305,14 +305,10 @@ def test_any_record_set_gets_a_verdict_and_valid_json():
 
 
 def _cli(argv):
-    import argparse
+    from labkit.cli import build_parser
 
-    from labkit.diagnose import register_cli
-
-    parser = argparse.ArgumentParser(prog="labkit")
-    register_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = build_parser().parse_args(argv)
+    return args.func(args)  # a LabkitError propagates here; main() would turn it into exit code 3
 
 
 def test_cli_diagnose_reads_jsonl_and_telemetry(tmp_path, capsys):

@@ -253,18 +253,16 @@ def test_import_is_light():
 
 
 def test_cli_plot_writes_every_figure(tmp_path, capsys):
-    import argparse
     import json
 
-    from labkit.plots import register_cli
+    from labkit.cli import build_parser
 
     paths = []
     for name, tail in (("gated", 0.5), ("distributed", 0.0)):
         p = tmp_path / f"{name}.jsonl"
         p.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in make_records(tail_s=tail)), encoding="utf-8")
         paths.append(str(p))
-    parser = argparse.ArgumentParser(prog="labkit")
-    register_cli(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["plot", *paths, "--out", str(tmp_path / "figs")])
     assert args.func(args) == 0
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())

@@ -14,7 +14,7 @@ LIMITS = {"max_tokens_limit": 256, "max_prompt_chars": 100, "max_body_bytes": 20
 
 def _parse(body, kind="completions"):
     pytest.importorskip("ray.serve")
-    from labkit._replica import parse_request
+    from labkit.serve.protocol import parse_request
 
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return parse_request(raw, kind=kind, served_name="m", limits=LIMITS)
@@ -41,7 +41,7 @@ def _parse(body, kind="completions"):
     ],
 )
 def test_bad_requests_get_a_clear_4xx(body, status, words):
-    from labkit._replica import BadRequest
+    from labkit.serve.protocol import BadRequest
 
     with pytest.raises(BadRequest) as info:
         _parse(body)
@@ -65,7 +65,7 @@ def test_good_request_is_normalised():
 
 
 def test_chat_request_needs_messages():
-    from labkit._replica import BadRequest
+    from labkit.serve.protocol import BadRequest
 
     with pytest.raises(BadRequest, match="'messages' is required"):
         _parse({"model": "m", "messages": []}, kind="chat")
@@ -209,9 +209,10 @@ def test_not_enough_memory_for_the_engines():
         check_memory(ServeConfig(num_replicas=4), available_bytes=2 * 1024**3)
     assert check_memory(ServeConfig(num_replicas=2), available_bytes=20 * 1024**3)["needed_gib"] == 5.0
     # every rank of a split CPU replica is a process with its own KV cache
-    assert check_memory(ServeConfig(num_replicas=1, pipeline_parallel_size=2), available_bytes=20 * 1024**3)[
-        "needed_gib"
-    ] == 5.0
+    assert (
+        check_memory(ServeConfig(num_replicas=1, pipeline_parallel_size=2), available_bytes=20 * 1024**3)["needed_gib"]
+        == 5.0
+    )
 
 
 def test_embedded_cluster_keeps_replicas_off_the_head():

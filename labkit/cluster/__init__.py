@@ -19,8 +19,7 @@ validation, :func:`count_physical_gpus`, ``NODE_LABEL``), :mod:`~labkit.cluster.
 (:func:`find_ray_processes`, :func:`kill_leftovers`, :func:`list_session_dirs`, the session
 folder root), :mod:`~labkit.cluster.handle` (:class:`ClusterHandle` with its teardown,
 :class:`NodeInfo`, the one ``_ACTIVE`` set and its ``atexit`` hook) and
-:mod:`~labkit.cluster.start` (:func:`start_cluster`, :func:`connect_cluster` and ``labkit
-cluster``: :func:`register_cli`). Patch a name where it is looked up
+:mod:`~labkit.cluster.start` (:func:`start_cluster`, :func:`connect_cluster`). Patch a name where it is looked up
 (``labkit.cluster.config.count_physical_gpus``, ``labkit.cluster.start._whole``), not here.
 Nothing here imports ray or psutil at import time.
 """
@@ -35,7 +34,7 @@ from labkit.cluster.processes import _temp_root as _temp_root
 from labkit.cluster.processes import find_ray_processes, kill_leftovers, list_session_dirs
 from labkit.cluster.start import _add_worker as _add_worker
 from labkit.cluster.start import _whole as _whole
-from labkit.cluster.start import connect_cluster, register_cli, start_cluster
+from labkit.cluster.start import connect_cluster, start_cluster
 
 __all__ = [
     "ClusterConfig",
@@ -45,6 +44,5 @@ __all__ = [
     "find_ray_processes",
     "kill_leftovers",
     "list_session_dirs",
-    "register_cli",
     "start_cluster",
 ]

@@ -209,6 +209,7 @@ def _remove_stale_session_dirs() -> list[str]:
 def _address_file() -> str:
     import ray
 
+    # Ray private: where Ray keeps the address `ray.init("auto")` reads; no public function names it.
     return str(ray._private.utils.get_ray_address_file(None))
 
 

@@ -20,17 +20,17 @@ from typing import Any
 from labkit.cluster.config import _GIB, NODE_LABEL, ClusterConfig
 from labkit.cluster.handle import _ACTIVE, ClusterHandle, _install_sigterm_handler, _redact_address
 from labkit.cluster.processes import (
+    _address_file,
     _live_previous_address,
     _remove_stale_session_dirs,
     _temp_root,
     _wait_for_no_processes,
     _write_owner,
-    find_ray_processes,
 )
-from labkit.contracts import CPU_DEVICE_RESOURCE, worker_host_ip
+from labkit.contracts import COORDINATOR_RESOURCE, CPU_DEVICE_RESOURCE, worker_host_ip
 from labkit.errors import ClusterError, ConfigError
 
-__all__ = ["connect_cluster", "register_cli", "start_cluster"]
+__all__ = ["connect_cluster", "start_cluster"]
 
 
 # Every proxy of the embedded cluster listens on the same host and port (SO_REUSEPORT), so the kernel,
@@ -99,14 +99,14 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
     _write_owner(temp_root)
     # Ray writes the head's address to a file in its *default* folder (<tmp>/ray) whatever temp_dir
     # says; on a fresh machine that folder does not exist yet and the head fails to start.
-    os.makedirs(os.path.dirname(ray._private.utils.get_ray_address_file(None)), exist_ok=True)
+    os.makedirs(os.path.dirname(_address_file()), exist_ok=True)
     previous_address = _live_previous_address()  # a stale one is removed
     # Each node's resources: a node-name resource (pin things to a node) and a label.
     head_args: dict[str, Any] = {
         "num_cpus": _whole(config.head_cpus),
         "num_gpus": 0,
         "object_store_memory": config.object_store_mb_per_node * 1024**2,
-        "resources": {"labkit_head": 1.0, "labkit_node_head": 1.0},
+        "resources": {COORDINATOR_RESOURCE: 1.0, "labkit_node_head": 1.0},
         "labels": {NODE_LABEL: "head"},
         "env_vars": dict(_EMBEDDED_ENV),
         "include_dashboard": config.include_dashboard,
@@ -174,6 +174,7 @@ def _no_address_notice() -> Iterator[None]:
     Ray logs it to stderr (red in Jupyter) when its address file names another cluster; the kit
     connects by explicit address and points the file back when it stops, so it is nothing to act on.
     """
+    # Ray private: the logger's name is where Ray logs that notice (a name, no API is called).
     logger = logging.getLogger("ray._private.utils")
     level = logger.level
     logger.setLevel(logging.WARNING)
@@ -301,25 +302,3 @@ def connect_cluster(address: str | None = "auto", *, timeout_s: float = 10.0) ->
         msg = f"Connecting to the Ray cluster at '{_redact_address(address)}' failed: {first}.{hint}"
         raise ClusterError(msg, address=_redact_address(address)) from None
     return ClusterHandle(address=address, embedded=False, config=None)
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add the ``cluster`` subcommand (start an embedded cluster, print it, stop it).
-
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        The CLI's subparsers.
-    """
-    parser = subparsers.add_parser("cluster", help="start the embedded cluster, print its topology, stop it")
-    parser.add_argument("--nodes", type=int, default=ClusterConfig.num_nodes)
-    parser.add_argument("--gpus-per-node", type=int, default=0)
-    parser.set_defaults(func=_cli_cluster)
-
-
-def _cli_cluster(args: Any) -> int:
-    with start_cluster(num_nodes=args.nodes, gpus_per_node=args.gpus_per_node) as handle:
-        print(repr(handle))
-    left = find_ray_processes(_temp_root(None))
-    print(f"stopped; Ray processes left: {len(left)}")
-    return 0 if not left else 1

@@ -21,14 +21,13 @@ Layout (import every name from ``labkit.diagnose``; the submodules are its imple
 :mod:`~labkit.diagnose.results` (:data:`VERDICTS`, :class:`Thresholds`, :class:`Check`,
 :class:`Diagnosis`, :func:`compare` and :class:`DiagnosisComparison`),
 :mod:`~labkit.diagnose.evidence` (the numbers from records and telemetry),
-:mod:`~labkit.diagnose.verdict` (:func:`diagnose`, the decision and its explanation) and
-:mod:`~labkit.diagnose.cli` (``labkit diagnose``). A test that patches a module-level name
+:mod:`~labkit.diagnose.verdict` (:func:`diagnose`, the decision and its explanation);
+``labkit diagnose`` is in :mod:`labkit.cli`. A test that patches a module-level name
 patches it in the submodule that looks it up, e.g. ``labkit.diagnose.verdict._decide``.
 """
 
 from __future__ import annotations
 
-from labkit.diagnose.cli import register_cli as register_cli
 from labkit.diagnose.results import VERDICTS, Check, Diagnosis, DiagnosisComparison, Thresholds, compare
 from labkit.diagnose.verdict import diagnose
 

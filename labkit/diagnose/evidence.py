@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from labkit import stats
+from labkit.contracts import RequestRecord
 from labkit.diagnose.results import Thresholds
-from labkit.load import RequestRecord
 from labkit.telemetry import TelemetrySample
 
 __all__: list[str] = []

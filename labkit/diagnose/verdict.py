@@ -71,8 +71,7 @@ def diagnose(
         if pval is not None and not (isinstance(pval, int) and pval > 0):
             msg = f"{pname}={pval!r} must be a positive integer or None."
             raise ConfigError(msg, field=pname, value=pval)
-    if name is None:
-        name = str(getattr(getattr(records, "config", None), "name", "") or "")
+    name = name or ""  # a LoadResult's config has no name: the caller names the run
     all_records = [r for r in _as_records(records) if not r.warmup]
     ok = [r for r in all_records if r.status == "ok"]
     samples = _as_samples(telemetry)

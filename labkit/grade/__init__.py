@@ -18,7 +18,6 @@ The package's modules, in the order of the data flow:
 - :mod:`~labkit.grade.copies`: the checks across logs (identical logs, copied samples);
 - :mod:`~labkit.grade.gradebook`: :class:`GradeRow`, :class:`Gradebook` and its CSV and HTML files;
 - :mod:`~labkit.grade.scoring`: :func:`grade_directory` and :func:`verify_logs`;
-- :mod:`~labkit.grade.cli`: ``labkit grade`` (:func:`register_cli`).
 
 Every name below stays importable as ``labkit.grade.<name>``.
 """
@@ -26,7 +25,6 @@ Every name below stays importable as ``labkit.grade.<name>``.
 from __future__ import annotations
 
 from labkit.grade.checks import assess_log
-from labkit.grade.cli import register_cli
 from labkit.grade.consistency import recompute_metric
 from labkit.grade.gradebook import Gradebook, GradeRow
 from labkit.grade.loader import LoadedLog, load_log_safely
@@ -45,6 +43,5 @@ __all__ = [
     "load_log_safely",
     "load_rubric",
     "recompute_metric",
-    "register_cli",
     "verify_logs",
 ]

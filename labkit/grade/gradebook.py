@@ -22,7 +22,7 @@ from labkit.errors import GradingError
 from labkit.grade.checks import _hardware_gpus
 from labkit.grade.loader import _dict, _get, _num
 from labkit.grade.rubric import _CATEGORIES, _SEVERITY_ORDER, FINDING_CODES, Finding, Rubric, _clean
-from labkit.record.redaction import _redact_string, _secret_env_values
+from labkit.record import redact_string, secret_env_values
 
 __all__ = ["GradeRow", "Gradebook"]
 
@@ -81,7 +81,7 @@ def _csv_safe(value: Any, secrets: Sequence[str] = ()) -> Any:
     """Defuse spreadsheet formulas (after any delimiter) and secrets in strings from a log."""
     if not isinstance(value, str):
         return value
-    value = _redact_string(value, secrets)
+    value = redact_string(value, secrets)
     if value[:1] in ("\t", "\r"):
         value = "'" + value
     return _FORMULA.sub(lambda m: m.group(1) + "'", value)
@@ -89,7 +89,7 @@ def _csv_safe(value: Any, secrets: Sequence[str] = ()) -> Any:
 
 def _safe_html(value: Any, secrets: Sequence[str] = ()) -> str:
     """Escape a string for HTML with secrets redacted."""
-    return html.escape(_redact_string(str(value), secrets))
+    return html.escape(redact_string(str(value), secrets))
 
 
 def _hardware_text(data: Mapping[str, Any]) -> str:
@@ -139,7 +139,7 @@ class Gradebook:
         return self._rows_table()
 
     def _rows_table(self) -> str:
-        secrets = _secret_env_values(os.environ)
+        secrets = secret_env_values(os.environ)
         head = "".join(f"<th>{html.escape(c)}</th>" for c in _CSV_COLUMNS)
         body = []
         for r in self.rows:
@@ -172,7 +172,7 @@ class Gradebook:
             A standalone HTML page; every string from a log is escaped.
         """
         esc = html.escape
-        secrets = _secret_env_values(os.environ)
+        secrets = secret_env_values(os.environ)
         findings = "".join(
             f"<tr class='{esc(f.severity)}'><td>{_safe_html(f.file, secrets)}</td><td>{esc(f.severity)}</td>"
             f"<td>{esc(f.code)}</td>"
@@ -239,7 +239,7 @@ its meaning; the glossary below lists penalties and caps.</p>
             "findings": out / "findings.csv",
             "report": out / "report.html",
         }
-        secrets = _secret_env_values(os.environ)
+        secrets = secret_env_values(os.environ)
         try:
             out.mkdir(parents=True, exist_ok=True)
             with paths["gradebook"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:

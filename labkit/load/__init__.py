@@ -36,15 +36,14 @@ Layout (import every name from ``labkit.load``; the submodules are its implement
 :mod:`~labkit.load.client` (the HTTP protocol and the ``SERVER_HEADER_*`` contract),
 :mod:`~labkit.load.runner` (one run), :mod:`~labkit.load.records` (:class:`RequestRecord`, the
 JSONL, :class:`LoadResult`), :mod:`~labkit.load.progress`, :mod:`~labkit.load.api`
-(:func:`run_load`, :func:`run_load_async`, :func:`run_sweep`) and :mod:`~labkit.load.cli`
-(``labkit load``). A test that patches a module-level name patches it in the submodule that
+(:func:`run_load`, :func:`run_load_async`, :func:`run_sweep`); ``labkit load`` is in
+:mod:`labkit.cli`. A test that patches a module-level name patches it in the submodule that
 looks it up, e.g. ``labkit.load.runner._MAX_CONNECTING``.
 """
 
 from __future__ import annotations
 
 from labkit.load.api import run_load, run_load_async, run_sweep
-from labkit.load.cli import register_cli
 from labkit.load.client import (
     SERVER_HEADER_NODE,
     SERVER_HEADER_REPLICA,
@@ -74,7 +73,6 @@ __all__ = [
     "RequestRecord",
     "make_prompts",
     "read_records",
-    "register_cli",
     "run_load",
     "run_load_async",
     "run_sweep",

@@ -14,17 +14,19 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from labkit.contracts import HEADER_NODE, HEADER_REPLICA, HEADER_SENT_AT, HEADER_TIMINGS
+
 if TYPE_CHECKING:  # the runner imports this module; the connection only calls back into it
     from labkit.load.runner import _Runner
 
 __all__ = ["SERVER_HEADER_NODE", "SERVER_HEADER_REPLICA", "SERVER_HEADER_SENT_AT", "SERVER_HEADER_TIMINGS"]
 
-# Attribution contract with labkit.serve (headers; the final stream event carries the same
-# data under the top-level key "labkit": {"node_id", "replica_id", "timings"}).
-SERVER_HEADER_NODE = "x-labkit-node-id"
-SERVER_HEADER_REPLICA = "x-labkit-replica-id"
-SERVER_HEADER_TIMINGS = "x-labkit-timings"  # JSON object of server timings, seconds
-SERVER_HEADER_SENT_AT = "x-labkit-sent-at"  # client -> server: time.time() at send (wall clock)
+# Attribution contract with labkit.serve, defined in labkit.contracts (headers; the final stream
+# event carries the same data under the top-level key "labkit": {"node_id", "replica_id", "timings"}).
+SERVER_HEADER_NODE = HEADER_NODE
+SERVER_HEADER_REPLICA = HEADER_REPLICA
+SERVER_HEADER_TIMINGS = HEADER_TIMINGS  # JSON object of server timings, seconds
+SERVER_HEADER_SENT_AT = HEADER_SENT_AT  # client -> server: time.time() at send (wall clock)
 
 _CONTENT_RE = re.compile(rb'"(?:text|content|reasoning_content)"\s*:\s*"[^"]')
 _MARKER_RE = re.compile(rb'"(?:usage"\s*:\s*\{|labkit"\s*:|error"\s*:)')

@@ -14,8 +14,8 @@ Layout (import every name from ``labkit.plots``; the submodules are its implemen
 :mod:`~labkit.plots.style` (the palette, labels, the values drawn, the blank Figure that is the
 only place matplotlib is imported, and :func:`save_figure`), :mod:`~labkit.plots.latency`
 (:func:`plot_latency_histogram`, :func:`plot_latency_cdf`, :func:`plot_percentiles_vs_load`),
-:mod:`~labkit.plots.activity` (:func:`plot_request_share`, :func:`plot_timeline`) and
-:mod:`~labkit.plots.cli` (``labkit plot``, :func:`register_cli`). A test that patches a
+:mod:`~labkit.plots.activity` (:func:`plot_request_share`, :func:`plot_timeline`); ``labkit
+plot`` is in :mod:`labkit.cli`. A test that patches a
 module-level name patches it in the submodule that looks it up, e.g.
 ``labkit.plots.latency._new_figure`` for the latency figures.
 """
@@ -23,7 +23,6 @@ module-level name patches it in the submodule that looks it up, e.g.
 from __future__ import annotations
 
 from labkit.plots.activity import plot_request_share, plot_timeline
-from labkit.plots.cli import register_cli as register_cli
 from labkit.plots.latency import plot_latency_cdf, plot_latency_histogram, plot_percentiles_vs_load
 from labkit.plots.style import METRIC_LABELS, OKABE_ITO, PALETTE, save_figure
 

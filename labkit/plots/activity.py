@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from labkit import stats
+from labkit.contracts import RequestRecord
 from labkit.errors import ConfigError
-from labkit.load import RequestRecord
 from labkit.plots.style import (
     _LINESTYLES,
     _OUTSIDE,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from labkit import stats
+from labkit.contracts import RequestRecord
 from labkit.errors import ConfigError
-from labkit.load import RequestRecord
 
 __all__ = ["METRIC_LABELS", "OKABE_ITO", "PALETTE", "save_figure"]
 

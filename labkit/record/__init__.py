@@ -16,7 +16,6 @@ Modules, in the order data flows through them (each imports only those above it)
 - :mod:`labkit.record.provenance`: kit version and git state, papermill, cluster, model.
 - :mod:`labkit.record.build`: compact raw samples and :func:`build_log`.
 - :mod:`labkit.record.log`: :class:`VerificationLog` (save, load), :func:`checkpoint`.
-- :mod:`labkit.record.cli`: ``labkit verify`` and ``labkit env``.
 
 The names below are re-exported so ``from labkit.record import X`` keeps working. Patch a
 name where it is looked up (``labkit.record.build.MAX_LOG_BYTES``), not here.
@@ -25,12 +24,11 @@ name where it is looked up (``labkit.record.build.MAX_LOG_BYTES``), not here.
 from __future__ import annotations
 
 from labkit.record.build import build_log, compact_records
-from labkit.record.cli import register_cli
 from labkit.record.environment import PACKAGES as PACKAGES
 from labkit.record.environment import record_environment
 from labkit.record.log import VerificationLog, checkpoint, default_runs_dir
 from labkit.record.provenance import describe_cluster, describe_model, detect_papermill, notebook_parameters
-from labkit.record.redaction import REDACTED, is_secret_name, redact
+from labkit.record.redaction import REDACTED, is_secret_name, redact, redact_string, redact_text, secret_env_values
 from labkit.record.schema import (
     HASH_ALGORITHM,
     MAX_LOG_BYTES,
@@ -46,7 +44,6 @@ __all__ = [
     "MAX_LOG_BYTES",
     "REDACTED",
     "SCHEMA_VERSION",
-    "VerificationLog",
     "build_log",
     "canonical_json",
     "checkpoint",
@@ -56,11 +53,14 @@ __all__ = [
     "describe_cluster",
     "describe_model",
     "detect_papermill",
-    "notebook_parameters",
     "is_secret_name",
     "load_schema",
+    "notebook_parameters",
     "record_environment",
     "redact",
-    "register_cli",
+    "redact_string",
+    "redact_text",
+    "secret_env_values",
     "validate_log",
+    "VerificationLog",
 ]

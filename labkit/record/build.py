@@ -66,7 +66,7 @@ def compact_records(
     dict
         ``count``, ``clock``, ``t0_wall``, ``columns``, ``nodes``, ``replicas``, ``runs``.
     """
-    from labkit.load import RequestRecord
+    from labkit.contracts import RequestRecord
 
     groups: Iterable[tuple[str | None, Iterable[Any]]] = (
         records.items() if isinstance(records, Mapping) else [(None, records)]

@@ -16,7 +16,9 @@ __all__ = [
     "REDACTED",
     "is_secret_name",
     "redact",
+    "redact_string",
     "redact_text",
+    "secret_env_values",
 ]
 
 REDACTED = "[REDACTED]"
@@ -104,7 +106,21 @@ def is_secret_name(name: str) -> bool:
     return False
 
 
-def _secret_env_values(environ: Mapping[str, str]) -> list[str]:
+def secret_env_values(environ: Mapping[str, str]) -> list[str]:
+    """Return the values of the secret-named variables of an environment, longest first.
+
+    Compute them once and pass them to :func:`redact_string` for many strings (the gradebook does).
+
+    Parameters
+    ----------
+    environ : mapping
+        An environment, e.g. ``os.environ``.
+
+    Returns
+    -------
+    list of str
+        Values of variables :func:`is_secret_name` calls secret, long enough to be one.
+    """
     values = {v for k, v in environ.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LEN}
     return sorted(values, key=len, reverse=True)
 
@@ -121,7 +137,21 @@ def _basic(match: re.Match[str]) -> str:
     return "Basic " + REDACTED if b":" in decoded else match.group(0)
 
 
-def _redact_string(text: str, secrets: Sequence[str]) -> str:
+def redact_string(text: str, secrets: Sequence[str]) -> str:
+    """Return text with the given secret values and every secret-looking pattern replaced.
+
+    Parameters
+    ----------
+    text : str
+        Any text.
+    secrets : sequence of str
+        Known secret values (:func:`secret_env_values`).
+
+    Returns
+    -------
+    str
+        The text, secrets replaced by ``REDACTED``.
+    """
     for value in secrets:
         if value in text:
             text = text.replace(value, REDACTED)
@@ -155,7 +185,7 @@ def redact_text(text: str, *, environ: Mapping[str, str] | None = None) -> str:
     str
         The text, secrets replaced.
     """
-    return _redact_string(text, _secret_env_values(os.environ if environ is None else environ))
+    return redact_string(text, secret_env_values(os.environ if environ is None else environ))
 
 
 def redact(data: Any, *, environ: Mapping[str, str] | None = None) -> tuple[Any, list[str]]:
@@ -180,19 +210,19 @@ def redact(data: Any, *, environ: Mapping[str, str] | None = None) -> tuple[Any,
     tuple
         The redacted copy and the JSON paths that were changed.
     """
-    secrets = _secret_env_values(os.environ if environ is None else environ)
+    secrets = secret_env_values(os.environ if environ is None else environ)
     changed: list[str] = []
 
     def walk(value: Any, path: str) -> Any:
         if isinstance(value, str):
-            new = _redact_string(value, secrets)
+            new = redact_string(value, secrets)
             if new != value:
                 changed.append(path)
             return new
         if isinstance(value, Mapping):
             out = {}
             for key, item in value.items():
-                new_key = _redact_string(str(key), secrets)
+                new_key = redact_string(str(key), secrets)
                 sub = f"{path}.{new_key}" if path else new_key
                 if new_key != key:
                     changed.append(sub)

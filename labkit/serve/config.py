@@ -187,6 +187,7 @@ class ServeConfig:
         for ok, name, msg in checks:
             if not ok:
                 raise ConfigError(msg, field=name, value=getattr(self, name))
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a JSON-ready dict."""
         return asdict(self)

@@ -17,10 +17,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkit.contracts import COORDINATOR_RESOURCE, HEADER_SENT_AT, LLM_DEPLOYMENT
 from labkit.errors import ConfigError, DeploymentError
 from labkit.serve.app import build_app
 from labkit.serve.config import ServeConfig
-from labkit.serve.metrics import list_replicas
+from labkit.serve.metrics import list_replicas, serve_details
 from labkit.serve.placement import PlacementPlan, check_memory, plan_placement
 
 __all__ = ["Deployment", "deploy", "deploy_coordinator", "post_json"]
@@ -69,7 +70,7 @@ class Deployment:
             **extra,
         }
         return post_json(
-            f"{self.url}/v1/completions", body, timeout_s=timeout_s, headers={"x-labkit-sent-at": f"{time.time():.6f}"}
+            f"{self.url}/v1/completions", body, timeout_s=timeout_s, headers={HEADER_SENT_AT: f"{time.time():.6f}"}
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,10 +145,7 @@ def _free_port() -> int:
 
 
 def _serve_http_port() -> int:
-    from ray import serve
-
-    details = serve.context._get_global_client().get_serve_details()  # type: ignore[union-attr]  # Ray raises, never returns None, by default
-    return int(details["http_options"]["port"])
+    return int(serve_details()["http_options"]["port"])
 
 
 def _serve_running_proxy_location() -> str | None:
@@ -157,11 +155,8 @@ def _serve_running_proxy_location() -> str | None:
         ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
     except ValueError:
         return None
-    from ray import serve
-
     try:
-        details = serve.context._get_global_client().get_serve_details()  # type: ignore[union-attr]  # Ray raises, never returns None, by default
-        return str(details.get("proxy_location", "")) or None
+        return str(serve_details().get("proxy_location", "")) or None
     except Exception:  # noqa: BLE001 - older/newer Serve: fall back to "unknown"
         return "unknown"
 
@@ -235,7 +230,8 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
         serve.start(proxy_location=want, http_options={"host": config.host, "port": config.port or _free_port()})
     app = build_app(config, plan, spec)
     try:
-        # serve.run would block until RUNNING with no deadline; _run returns at once and we wait below.
+        # Ray private: serve.run blocks until RUNNING with no deadline; _run returns at once, and the
+        # kit waits below with its own time-out and a message that names the replica that failed.
         serve._run(app, name=config.app_name, route_prefix=config.route_prefix, _blocking=False)
     except Exception as err:  # noqa: BLE001 - Serve raises many types; wrap with context
         msg = f"Deploying '{config.app_name}' failed: {err}"
@@ -313,16 +309,16 @@ def deploy_coordinator(
         raise ConfigError(msg, field="max_concurrency", value=max_concurrency)
     from ray import serve
 
-    from labkit import _replica
+    from labkit.serve import _replica
 
-    handle = serve.get_deployment_handle("LLMServer", app_name=deployment.config.app_name)
+    handle = serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=deployment.config.app_name)
     app = (
         serve.deployment(_replica.Coordinator)  # type: ignore[attr-defined]  # Ray types deployment(cls) as a decorator
         .options(
             name="Coordinator",
             num_replicas=1,
             max_ongoing_requests=100_000,
-            ray_actor_options={"num_cpus": 0, "resources": {"labkit_head": 0.001}},
+            ray_actor_options={"num_cpus": 0, "resources": {COORDINATOR_RESOURCE: 0.001}},
         )
         .bind(handle, max_concurrency, deployment.config.telemetry)
     )

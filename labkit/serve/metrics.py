@@ -1,6 +1,6 @@
 """What a running application exposes: its replicas, Serve's proxies and the Prometheus metrics.
 
-Owns :func:`list_replicas` and :func:`list_proxies` (from Serve's details) and
+Owns :func:`serve_details` (the one read of Serve's details), :func:`list_replicas` and
 :func:`fetch_metrics` (vLLM's and Serve's metrics as Ray exports them on every node).
 """
 
@@ -9,7 +9,23 @@ from __future__ import annotations
 import urllib.request
 from typing import Any
 
-__all__ = ["fetch_metrics", "list_proxies", "list_replicas"]
+__all__ = ["fetch_metrics", "list_replicas", "serve_details"]
+
+
+def serve_details() -> dict[str, Any]:
+    """Return Serve's details of the running instance: applications, replicas, proxies, HTTP options.
+
+    Returns
+    -------
+    dict
+        What ``serve status`` and the dashboard show, as plain data.
+    """
+    from ray import serve
+
+    # Ray private: replicas with actor and node ids, the proxy location and the HTTP port are only in
+    # the controller's details (serve.status() has none of them, the REST API needs the dashboard).
+    client = serve.context._get_global_client()
+    return dict(client.get_serve_details())  # type: ignore[union-attr]  # Ray raises, never returns None, by default
 
 
 def list_replicas(app_name: str = "labkit") -> list[dict[str, Any]]:
@@ -25,9 +41,7 @@ def list_replicas(app_name: str = "labkit") -> list[dict[str, Any]]:
     list of dict
         ``deployment``, ``replica_id``, ``node_id``, ``actor_name``, ``pid``, ``state``.
     """
-    from ray import serve
-
-    details = serve.context._get_global_client().get_serve_details()  # type: ignore[union-attr]  # Ray raises, never returns None, by default
+    details = serve_details()
     app = details.get("applications", {}).get(app_name, {})
     out = []
     for dep_name, dep in app.get("deployments", {}).items():
@@ -43,17 +57,6 @@ def list_replicas(app_name: str = "labkit") -> list[dict[str, Any]]:
                 }
             )
     return out
-
-
-def list_proxies() -> list[dict[str, Any]]:
-    """Return Serve's HTTP proxies with node id and pid (for telemetry)."""
-    from ray import serve
-
-    details = serve.context._get_global_client().get_serve_details()  # type: ignore[union-attr]  # Ray raises, never returns None, by default
-    return [
-        {"node_id": node_id, "actor_name": p.get("actor_name"), "pid": p.get("pid"), "status": str(p.get("status"))}
-        for node_id, p in details.get("proxies", {}).items()
-    ]
 
 
 def _metric_name(line: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["Placement", "RankReporter", "ReplicaPlacement", "check_placement", "describe_placement"]
 
-#: Route of the replica that answers with its ranks (labkit/_replica.py serves it).
+#: Route of the replica that answers with its ranks (labkit/serve/_replica.py serves it).
 PLACEMENT_ROUTE = "/v1/labkit/placement"
 
 
@@ -208,12 +208,15 @@ def describe_placement(deployment: Any, *, attempts_per_replica: int = 20, timeo
         ``notes``.
     """
     from labkit.cluster import ClusterHandle
+    from labkit.contracts import LLM_DEPLOYMENT
     from labkit.serve.metrics import list_replicas
 
     config = deployment.config
     names = {n.node_id: n.name for n in ClusterHandle(address="auto", embedded=False, config=None).nodes()}
     expected = {
-        r["replica_id"]: r for r in list_replicas(config.app_name) if r["deployment"] == "LLMServer" and r["replica_id"]
+        r["replica_id"]: r
+        for r in list_replicas(config.app_name)
+        if r["deployment"] == LLM_DEPLOYMENT and r["replica_id"]
     }
     answers: dict[str, dict[str, Any]] = {}
     for _ in range(max(1, attempts_per_replica * max(1, len(expected)))):

@@ -18,7 +18,7 @@ from labkit.errors import ConfigError
 from labkit.stats.distribution import DEFAULT_PERCENTILES, _bootstrap_many, _np, _order_statistic_ci, percentiles
 
 if TYPE_CHECKING:
-    from labkit.load import RequestRecord
+    from labkit.contracts import RequestRecord
 
 __all__ = ["METRICS", "LatencySummary", "latency_values", "summarize_latencies"]
 

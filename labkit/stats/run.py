@@ -18,7 +18,7 @@ from labkit.stats.distribution import _np
 from labkit.stats.latency import METRICS, LatencySummary, _clean, _ms, _selected, summarize_latencies
 
 if TYPE_CHECKING:
-    from labkit.load import RequestRecord
+    from labkit.contracts import RequestRecord
 
 __all__ = ["RunSummary", "decompose_latency", "load_balance_index", "share_by", "summarize_run"]
 

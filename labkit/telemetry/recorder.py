@@ -193,27 +193,6 @@ class TelemetryRecorder:
 
     # -- views -------------------------------------------------------------------------------
 
-    def select(self, *, role: str | None = None, component_id: str | None = None) -> list[TelemetrySample]:
-        """Return the samples of one role and/or component.
-
-        Parameters
-        ----------
-        role : str, optional
-            Keep only this role.
-        component_id : str, optional
-            Keep only this component.
-
-        Returns
-        -------
-        list of TelemetrySample
-            In time order.
-        """
-        return [
-            s
-            for s in self.samples
-            if (role is None or s.role == role) and (component_id is None or s.component_id == component_id)
-        ]
-
     def summary(
         self, *, start_s: float | None = None, end_s: float | None = None, role: str | None = None
     ) -> dict[str, dict[str, Any]]:

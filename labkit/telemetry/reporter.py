@@ -2,7 +2,7 @@
 
 Owns :func:`start_reporter` and the :class:`ReporterHandle` it returns, and
 :class:`EngineActivity`, which turns a vLLM engine's scheduler statistics into the running /
-waiting counts a replica reports. It runs inside Ray Serve replicas (``labkit/_replica.py``),
+waiting counts a replica reports. It runs inside Ray Serve replicas (``labkit/serve/_replica.py``),
 so it imports nothing heavy: psutil and vLLM only inside the functions that need them.
 """
 

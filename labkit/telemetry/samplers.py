@@ -264,7 +264,8 @@ def find_serve_processes() -> list[ProcessTarget]:
     """
     ray = _require_ray()
     try:
-        # The public state API needs the dashboard; the GCS actor table does not.
+        # Ray private: the public state API (ray.util.state) needs the dashboard, which the embedded
+        # cluster does not start; the GCS actor table does not.
         from ray._private import state as ray_state
 
         actors = ray_state.actors()
