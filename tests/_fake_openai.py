@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     if args.short_slice:
-        from labkit.load import _set_sched_slice
+        from labkit.load.schedule import _set_sched_slice
 
         _set_sched_slice(200_000)
     if args.uvloop:

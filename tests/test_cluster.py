@@ -94,7 +94,7 @@ def test_config_defaults_fit_a_small_machine():
 
 def test_whole_cpu_counts_reach_ray_as_ints():
     # A raylet given num_cpus=4.0 beside a GPU exited at start-up on Ray 2.60 GPU hosts.
-    from labkit.cluster import _whole
+    from labkit.cluster.start import _whole
 
     assert _whole(4.0) == 4 and isinstance(_whole(4.0), int)
     assert _whole(2) == 2 and isinstance(_whole(2), int)
@@ -102,7 +102,7 @@ def test_whole_cpu_counts_reach_ray_as_ints():
 
 
 def test_a_worker_past_rays_30_s_wait_is_waited_for_not_fatal():
-    from labkit.cluster import _add_worker
+    from labkit.cluster.start import _add_worker
 
     class SlowCluster:
         def add_node(self, **_):

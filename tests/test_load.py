@@ -30,16 +30,15 @@ from labkit.load import (
     LoadConfig,
     LoadResult,
     RequestRecord,
-    _arrival_offsets,
-    _Conn,
-    _Req,
-    _Runner,
     make_prompts,
     read_records,
     run_load,
     run_load_async,
     run_sweep,
 )
+from labkit.load.client import _Conn, _Req  # white-box: the HTTP protocol (labkit.load documents the seams)
+from labkit.load.runner import _Runner
+from labkit.load.schedule import _arrival_offsets
 from labkit.stats import summarize_run
 
 
@@ -590,18 +589,17 @@ def test_a_burst_opens_connections_a_few_at_a_time(monkeypatch):
     before all 30 are sent: the pool must grow to exactly one connection per request (the
     preflight connection and 29 new ones). If the client waited for an answer before sending
     the rest, the run would end at its hard stop (a hang guard) with cancelled records."""
-    import labkit.load as load
 
     monkeypatch.setattr("labkit.load.runner._MAX_CONNECTING", 2)
     monkeypatch.setattr("labkit.load.runner._IDLE_MAX_S", 3600.0)  # the preflight connection stays usable
     most = []
-    original = load._Runner._connect
+    original = _Runner._connect
 
     def spy(self, req):
         original(self, req)
         most.append(self.connecting)
 
-    monkeypatch.setattr(load._Runner, "_connect", spy)
+    monkeypatch.setattr(_Runner, "_connect", spy)
     n = 30
     with FakeOpenAIServer(output_tokens=1, stall_after_requests=1, stall_until_request=n) as server:
         res = run_load(_cfg(server.url, num_requests=n, rate_rps=100_000, hard_stop_s=300.0), progress=False)

@@ -30,10 +30,7 @@ from labkit.cluster.config import NODE_LABEL as NODE_LABEL
 from labkit.cluster.config import ClusterConfig
 from labkit.cluster.config import count_physical_gpus as count_physical_gpus
 from labkit.cluster.handle import ClusterHandle, NodeInfo
-from labkit.cluster.processes import _temp_root as _temp_root
 from labkit.cluster.processes import find_ray_processes, kill_leftovers, list_session_dirs
-from labkit.cluster.start import _add_worker as _add_worker
-from labkit.cluster.start import _whole as _whole
 from labkit.cluster.start import connect_cluster, start_cluster
 
 __all__ = [

@@ -50,17 +50,11 @@ from labkit.load.client import (
     SERVER_HEADER_SENT_AT,
     SERVER_HEADER_TIMINGS,
 )
-from labkit.load.client import _Conn as _Conn
-from labkit.load.client import _Req as _Req
 from labkit.load.config import APIS as APIS
 from labkit.load.config import ARRIVALS, LoadConfig
 from labkit.load.prompts import make_prompts
 from labkit.load.records import STATUSES as STATUSES
 from labkit.load.records import LoadResult, RequestRecord, read_records
-from labkit.load.runner import _Runner as _Runner
-from labkit.load.schedule import _arrival_offsets as _arrival_offsets
-from labkit.load.schedule import _set_sched_slice as _set_sched_slice
-from labkit.load.schedule import _TimerFd as _TimerFd
 
 __all__ = [
     "ARRIVALS",

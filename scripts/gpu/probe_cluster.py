@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bisect is not None:
         bisect(args.out, args.bisect)
     import labkit
-    from labkit.cluster import _temp_root
+    from labkit.cluster.processes import _temp_root
 
     root = _temp_root(None)
     before = set(glob.glob(os.path.join(root, "*")))
