@@ -85,6 +85,17 @@ def test_teardown_after_exception_leaves_no_ray_process():
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
+def test_cli_cluster_starts_prints_and_stops_leaving_no_ray_process(capsys):
+    """`labkit cluster`, as the README lists it: a real embedded cluster, its topology, then nothing left."""
+    from labkit.cli import main
+
+    assert main(["cluster", "--nodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ClusterHandle(embedded, 2 nodes)" in out and "worker-1" in out, out
+    assert "stopped; Ray processes left: 0" in out, out
+
+
 def test_config_defaults_fit_a_small_machine():
     config = ClusterConfig()
     config.validate()

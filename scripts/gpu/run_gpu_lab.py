@@ -143,6 +143,8 @@ def notebook_parameters(args: argparse.Namespace, cluster_address: str) -> dict[
         "backend": "gpu" if args.gpus else "cpu",
         "model": args.model,
         "num_replicas": replicas,
+        "tensor_parallel_size": args.tp if args.gpus else 1,
+        "pipeline_parallel_size": args.pp if args.gpus else 1,
         "engine_max_num_seqs": args.max_num_seqs,
         "gate_utilization": 0.8,
         "duration_s": args.duration_s,
@@ -403,12 +405,12 @@ def _earlier_phases(result_path: Path, args: argparse.Namespace) -> dict[str, An
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Return the script's parameters (defaults: 2 GPUs, dummy Llama-2-7B, PP 2)."""
+    """Return the script's parameters (defaults: 1 GPU, dummy Llama-2-7B, TP 1 x PP 1)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpus", type=int, default=2)
+    parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--model", default="dummy:llama-2-7b")
     parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--pp", type=int, default=2)
+    parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--rates", type=float, nargs=2, default=[4.0, 16.0])
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--max-tokens", type=int, default=64)
