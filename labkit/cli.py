@@ -112,16 +112,13 @@ def _cli_run(args: Any) -> int:
     if out and Path(out).name == "runs":  # `make run` passes the runs folder: add a timestamp
         out = str(Path(out) / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     started = time.monotonic()
-    try:
-        run = run_lab(
-            out,
-            notebooks=args.notebooks,
-            parameters=_parse_parameters(args.parameter),
-            stop_on_failure=args.stop_on_failure,
-            progress=lambda line: print(line, flush=True),
-        )
-    except LabkitError:
-        raise
+    run = run_lab(
+        out,
+        notebooks=args.notebooks,
+        parameters=_parse_parameters(args.parameter),
+        stop_on_failure=args.stop_on_failure,
+        progress=lambda line: print(line, flush=True),
+    )
     print(repr(run))
     print(f"outputs: {run.out_dir} ({time.monotonic() - started:.0f} s in all)")
     return 0 if run.ok else 1

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -574,19 +575,20 @@ def test_detect_papermill_from_cell_history() -> None:
     assert record.detect_papermill(["# Parameters\nimport os\n", defaults])["detected"] is False
 
 
-def test_detect_papermill_in_a_real_papermill_run(tmp_path: Path) -> None:
+def _papermill_json(tmp_path: Path, parameters_cell: str, expression: str, parameters: dict[str, Any]) -> Any:
+    """Run a two-cell notebook through papermill; return ``expression`` as the kernel evaluated it."""
     nbformat = pytest.importorskip("nbformat")
     papermill = pytest.importorskip("papermill")
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    params = nbformat.v4.new_code_cell("rate_rps = 1.0\nhf_token = None")
+    params = nbformat.v4.new_code_cell(parameters_cell)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
         params,
         nbformat.v4.new_code_cell(
-            "import json, labkit.record as r\n"
-            f"open({str(tmp_path / 'out.json')!r}, 'w').write(json.dumps(r.detect_papermill()))"
+            "import json, labkit, labkit.record as r\n"
+            f"open({str(tmp_path / 'out.json')!r}, 'w').write(json.dumps({expression}))"
         ),
     ]
     nbformat.write(nb, tmp_path / "in.ipynb")
@@ -594,11 +596,17 @@ def test_detect_papermill_in_a_real_papermill_run(tmp_path: Path) -> None:
         str(tmp_path / "in.ipynb"),
         str(tmp_path / "run.ipynb"),
         kernel_name="python3",
-        parameters={"rate_rps": 7.5, "hf_token": "hf_x"},
+        parameters=parameters,
         progress_bar=False,
         cwd=str(ROOT),
     )
-    found = json.loads((tmp_path / "out.json").read_text())
+    return json.loads((tmp_path / "out.json").read_text())
+
+
+def test_detect_papermill_in_a_real_papermill_run(tmp_path: Path) -> None:
+    found = _papermill_json(
+        tmp_path, "rate_rps = 1.0\nhf_token = None", "r.detect_papermill()", {"rate_rps": 7.5, "hf_token": "hf_x"}
+    )
     assert found == {"detected": True, "injected_parameters": {"rate_rps": 7.5, "hf_token": "hf_x"}}
     log = quick_log(papermill=found)
     assert log["papermill"]["injected_parameters"]["hf_token"] == record.REDACTED
@@ -621,30 +629,13 @@ def test_notebook_parameters_read_the_parameters_cells_and_the_namespace() -> No
 
 
 def test_notebook_parameters_in_a_real_papermill_run(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    papermill = pytest.importorskip("papermill")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    params = nbformat.v4.new_code_cell("# Parameters: defaults\nrate_rps = 1.0\nduration_s = 10.0\noutput_dir = None")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        params,
-        nbformat.v4.new_code_cell(
-            "import json, labkit\n"
-            f"open({str(tmp_path / 'out.json')!r}, 'w').write(json.dumps(labkit.notebook_parameters()))"
-        ),
-    ]
-    nbformat.write(nb, tmp_path / "in.ipynb")
-    papermill.execute_notebook(
-        str(tmp_path / "in.ipynb"),
-        str(tmp_path / "run.ipynb"),
-        kernel_name="python3",
-        parameters={"rate_rps": 7.5, "output_dir": str(tmp_path)},
-        progress_bar=False,
-        cwd=str(ROOT),
+    found = _papermill_json(
+        tmp_path,
+        "# Parameters: defaults\nrate_rps = 1.0\nduration_s = 10.0\noutput_dir = None",
+        "labkit.notebook_parameters()",
+        {"rate_rps": 7.5, "output_dir": str(tmp_path)},
     )
-    assert json.loads((tmp_path / "out.json").read_text()) == {"rate_rps": 7.5, "duration_s": 10.0}
+    assert found == {"rate_rps": 7.5, "duration_s": 10.0}
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -78,6 +78,18 @@ def _assigned_names(source: str) -> set[str]:
     return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
 
 
+def _kernel_shell() -> Any:
+    """The running IPython shell, or None outside a kernel (IPython is never imported here)."""
+    ipython = sys.modules.get("IPython")
+    return ipython.get_ipython() if ipython is not None else None
+
+
+def _executed_cells(shell: Any) -> list[str]:
+    """Sources of the cells the kernel ran, in order (IPython's ``In``); none without a shell."""
+    raw = shell.user_ns.get("In", []) if shell is not None else []
+    return [c for c in raw if isinstance(c, str)]
+
+
 def detect_papermill(history: Sequence[str] | None = None) -> dict[str, Any]:
     """Find the parameters papermill injected into this notebook run, if any.
 
@@ -101,10 +113,7 @@ def detect_papermill(history: Sequence[str] | None = None) -> dict[str, Any]:
         ``{"detected": bool, "injected_parameters": dict}``.
     """
     if history is None:
-        ipython = sys.modules.get("IPython")
-        shell = ipython.get_ipython() if ipython is not None else None
-        raw = shell.user_ns.get("In", []) if shell is not None else []
-        history = [c for c in raw if isinstance(c, str)]
+        history = _executed_cells(_kernel_shell())
     for i in range(len(history) - 1, -1, -1):
         params = _parse_injected_cell(history[i])
         if not params:
@@ -151,8 +160,7 @@ def notebook_parameters(
         Outside a notebook (no IPython kernel), or when no executed cell starts with ``# Parameters``.
     """
     if namespace is None or history is None:
-        ipython = sys.modules.get("IPython")
-        shell = ipython.get_ipython() if ipython is not None else None
+        shell = _kernel_shell()
         if shell is None:
             msg = (
                 "notebook_parameters() reads a running notebook's parameters cell; "
@@ -161,7 +169,7 @@ def notebook_parameters(
             raise ConfigError(msg, field="namespace", value=None)
         namespace = shell.user_ns if namespace is None else namespace
         if history is None:
-            history = [c for c in shell.user_ns.get("In", []) if isinstance(c, str)]
+            history = _executed_cells(shell)
     names: list[str] = []
     cells = [c for c in history if c.lstrip("\n").startswith("# Parameters")]
     if not cells:

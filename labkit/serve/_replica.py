@@ -270,29 +270,17 @@ class LLMServer:
         }
         labkit = {"node_id": self.node_id, "replica_id": self.replica_id, "timings": timings}
         if req["stream"]:
-            if req["include_usage"]:
-                yield _sse(
-                    {
-                        "id": request_id,
-                        "object": obj,
-                        "created": created,
-                        "model": self.served_name,
-                        "choices": [],
-                        "usage": usage,
-                        "labkit": labkit,
-                    }
-                )
-            else:
-                yield _sse(
-                    {
-                        "id": request_id,
-                        "object": obj,
-                        "created": created,
-                        "model": self.served_name,
-                        "choices": [],
-                        "labkit": labkit,
-                    }
-                )
+            yield _sse(
+                {
+                    "id": request_id,
+                    "object": obj,
+                    "created": created,
+                    "model": self.served_name,
+                    "choices": [],
+                    **({"usage": usage} if req["include_usage"] else {}),
+                    "labkit": labkit,
+                }
+            )
             yield b"data: [DONE]\n\n"
             return
         text = "".join(text_parts)
