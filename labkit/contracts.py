@@ -18,7 +18,9 @@ __all__ = [
     "CPU_RAY_ENV",
     "HEADER_COORD_ID",
     "HEADER_COORD_WAIT",
+    "HEADER_COORD_AT",
     "HEADER_NODE",
+    "HEADER_PROXY_AT",
     "HEADER_REPLICA",
     "HEADER_SENT_AT",
     "HEADER_TIMINGS",
@@ -41,6 +43,10 @@ HEADER_SENT_AT = "x-labkit-sent-at"
 HEADER_COORD_WAIT = "x-labkit-coordinator-wait"
 #: Coordinator -> replica: which coordinator passed the request on.
 HEADER_COORD_ID = "x-labkit-coordinator-id"
+#: Coordinator -> replica: ``time.time()`` when the coordinator received the request.
+HEADER_COORD_AT = "x-labkit-coordinator-at"
+#: Serve proxy -> replica: ``time.time()`` when the proxy received the request (labkit.serve.hops).
+HEADER_PROXY_AT = "x-labkit-proxy-at"
 
 # -- deployment names -----------------------------------------------------------------------------
 #: Serve deployment name of the kit's engine replicas (telemetry and the placement proof find them by it).

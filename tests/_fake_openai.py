@@ -11,7 +11,10 @@ client benchmark, and its delays are exactly what the test asks for:
   only if the client keeps sending while no response comes back);
 - ``fail_every``: every k-th generation request answers HTTP 500;
 - ``tokens_per_chunk`` > 1: several tokens per stream event (usage still counts tokens);
-- attribution (node, replica, timings) in response headers and/or the final stream event.
+- attribution (node, replica, timings) in response headers and/or the final stream event;
+- ``hop_delays``: known delays at the hops of a kit request (``to_ingress``, ``routing``,
+  ``replica``, ``chunk_return``; ``ttft_s`` is the engine's first token), with the hop stamps the
+  kit's proxy and replica send (``proxy_at_s`` ... ``chunks_at_s``, see ``labkit.stats.hops``).
 
 In a test::
 
@@ -83,6 +86,8 @@ class FakeOpenAIServer:
         Use ``json.dumps`` default separators (``", "``, ``": "``) instead of compact JSON.
     crlf_events : bool
         End SSE events with ``\\r\\n\\r\\n`` instead of ``\\n\\n``.
+    hop_delays : dict, optional
+        Seconds to wait at each hop of a streamed request, and stamp it as the kit's servers do.
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class FakeOpenAIServer:
         timings_of_writes: bool = False,
         spaced_json: bool = False,
         crlf_events: bool = False,
+        hop_delays: dict[str, float] | None = None,
         model: str = "fake-model",
         host: str = "127.0.0.1",
         port: int = 0,
@@ -126,6 +132,7 @@ class FakeOpenAIServer:
         self.timings_of_writes = timings_of_writes
         self.spaced_json = spaced_json
         self.sep = b"\r\n\r\n" if crlf_events else b"\n\n"
+        self.hop_delays = hop_delays
         self.model = model
         self.host = host
         self.port = port
@@ -387,6 +394,12 @@ class FakeOpenAIServer:
         else:
             prompt = str(req.get("prompt", ""))
         n_prompt = len(prompt.split())
+        if self.hop_delays is not None and stream and sent_at is not None:
+            coro = self._hops(tr, chat, include_usage, n_prompt, n_out, float(sent_at), self.hop_delays)
+            task = asyncio.get_running_loop().create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         if self.ttft_s <= 0 and self.itl_s <= 0 and now >= self._stall_until:
             tr.write(self._instant(chat, stream, include_usage, n_prompt, n_out))
             return
@@ -438,6 +451,49 @@ class FakeOpenAIServer:
             tr.write((head if k == 0 else b"") + _chunk(event))
         # When the first and last token were written (perf_counter: the tests' clock, in-process).
         tail = self._final_events(chat, n_prompt, n_out, include_usage, writes if self.timings_of_writes else None)
+        if not tr.is_closing():
+            tr.write(b"".join(_chunk(e) for e in tail) + b"0\r\n\r\n")
+
+
+    async def _hops(
+        self,
+        tr: asyncio.Transport,
+        chat: bool,
+        include_usage: bool,
+        n_prompt: int,
+        n_out: int,
+        sent: float,
+        delays: dict[str, float],
+    ) -> None:
+        """A streamed answer that waits ``delays[hop]`` at each hop and stamps it like the kit's servers."""
+        stamps: dict[str, float] = {}
+        chunks_at: list[float] = []
+        for hop, stamp in (("to_ingress", "proxy_at_s"), ("routing", "replica_at_s"), ("replica", "submit_at_s")):
+            await asyncio.sleep(delays.get(hop, 0.0))
+            stamps[stamp] = time.time() - sent
+        await asyncio.sleep(self.ttft_s)
+        events = self._token_events(chat, n_out)
+        if chat:  # role chunk goes with the first content chunk
+            events = [events[0] + events[1], *events[2:]] if len(events) > 1 else events
+        head = self._head(200, "text/event-stream; charset=utf-8", True)
+        for k, event in enumerate(events):
+            if k > 0 and self.itl_s > 0:
+                await asyncio.sleep(self.itl_s)
+            at = time.time() - sent
+            stamps.setdefault("first_token_at_s", at)
+            stamps["last_token_at_s"] = at
+            chunks_at.append(at)
+            await asyncio.sleep(delays.get("chunk_return", 0.0))  # between the replica's flush and the client
+            if tr.is_closing():
+                return
+            tr.write((head if k == 0 else b"") + _chunk(event))
+        lab = {"node_id": self.node_id, "replica_id": self.replica_id, "timings": stamps, "chunks_at_s": chunks_at}
+        final = {"id": "cmpl-fake", "object": "text_completion", "created": _CREATED, "model": self.model}
+        final["choices"] = []
+        final["labkit"] = lab
+        if include_usage:
+            final["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+        tail = [b"data: " + self._dumps(final) + self.sep, b"data: [DONE]" + self.sep]
         if not tr.is_closing():
             tr.write(b"".join(_chunk(e) for e in tail) + b"0\r\n\r\n")
 

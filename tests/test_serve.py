@@ -77,9 +77,17 @@ def test_chat_request_needs_messages():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_compose_valid_configs(name):
-    config = topology_preset(name, num_replicas=2)
+    config = topology_preset(name)
     config.validate()
     assert config.proxy_location in ("EveryNode", "HeadOnly")
+    if not config.throughput_optimized:
+        topology_preset(name, num_replicas=2).validate()
+
+
+def test_direct_ingress_refuses_replicas_nothing_balances_between():
+    with pytest.raises(ConfigError, match=r"num_replicas=2 with throughput_optimized=True.*num_replicas=1"):
+        topology_preset("direct-ingress", num_replicas=2).validate()
+    topology_preset("direct-ingress", num_replicas=2, coordinator=True).validate()  # one ingress routes to both
 
 
 def test_gated_preset_has_one_coordinator_and_head_only_proxy():
@@ -88,7 +96,7 @@ def test_gated_preset_has_one_coordinator_and_head_only_proxy():
 
 
 def test_unknown_preset_lists_the_available_ones():
-    with pytest.raises(ConfigError, match=r"Unknown topology 'ring'. Available: \['distributed'"):
+    with pytest.raises(ConfigError, match=r"Unknown topology 'ring'. Available: \['direct-ingress', 'distributed'"):
         topology_preset("ring")
 
 

@@ -25,6 +25,8 @@ from labkit.load.records import LoadResult, RequestRecord, _RecordWriter
 from labkit.load.schedule import _SLICE_NS, _SPIN_S, _arrival_offsets, _set_sched_slice, _TimerFd
 
 # At most this many connections are opened at once; further requests take the next free one.
+#: Most per-chunk flush stamps a record keeps from a server's final event (labkit.stats.hops).
+_MAX_CHUNK_STAMPS = 4096
 # Without a cap, a server hiccup at a high rate opens hundreds of connections at once, overflows
 # the server's accept queue, and the dropped SYNs come back 1 s later as latency spikes.
 _MAX_CONNECTING = 32
@@ -367,8 +369,11 @@ class _Runner:
 
     def _send(self, conn: _Conn, req: _Req) -> None:
         i = req.index % len(self.bodies)
+        # The wall clock of req.sent_s (the actual send, before any connect): the servers' hop stamps
+        # count from it, so a connection's set-up lands in the first hop, not the last.
+        sent_wall = time.time() - (time.perf_counter() - req.sent_s)
         conn.send(
-            req, b"%s%s: %.6f\r\n\r\n%s" % (self.heads[i], SERVER_HEADER_SENT_AT.encode(), time.time(), self.bodies[i])
+            req, b"%s%s: %.6f\r\n\r\n%s" % (self.heads[i], SERVER_HEADER_SENT_AT.encode(), sent_wall, self.bodies[i])
         )
 
     def _take_idle(self, now: float) -> _Conn | None:
@@ -566,6 +571,12 @@ class _Runner:
                 numeric = {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
                 server = {**server, **numeric}
         extra: dict[str, Any] = {}
+        if lab is not None:
+            chunks = lab.get("chunks_at_s")
+            if isinstance(chunks, list) and len(chunks) <= _MAX_CHUNK_STAMPS:
+                stamps = [float(v) for v in chunks if isinstance(v, (int, float))]
+                if len(stamps) == len(chunks):
+                    extra["chunks_at_s"] = stamps  # each text chunk's flush at the replica, after the send
         if req.user is not None:
             extra["user"] = req.user
         if req.retried:

@@ -12,6 +12,8 @@ Owns the deployment shape the lesson compares and the checks made *before* anyth
   ``head-proxy``  head only            no            spread
   ``gated``       head only            one, gating   spread
   ``packed``      every node           no            packed
+  ``direct-ingress`` none: the client   no            one replica
+                  reaches the replica
   ============== ==================== ============= ============
 
 - :func:`plan_placement` turns TP x PP into placement-group bundles (TP inside a node, PP
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 from labkit.serve.app import build_app as build_app
 from labkit.serve.config import PRESETS, ROUTERS, ServeConfig, topology_preset
-from labkit.serve.deployment import Deployment, deploy, deploy_coordinator
+from labkit.serve.deployment import Deployment, deploy, deploy_coordinator, direct_ingress_url, measure_clock_offsets
 from labkit.serve.deployment import post_json as post_json
 from labkit.serve.metrics import fetch_metrics, list_replicas
 from labkit.serve.placement import PlacementPlan, check_memory, plan_placement, reserve_placement
@@ -57,8 +59,10 @@ __all__ = [
     "deploy",
     "deploy_coordinator",
     "describe_placement",
+    "direct_ingress_url",
     "fetch_metrics",
     "list_replicas",
+    "measure_clock_offsets",
     "plan_placement",
     "reserve_placement",
     "topology_preset",

@@ -13,7 +13,6 @@ identically.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -26,9 +25,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from labkit.contracts import (
+    HEADER_COORD_AT,
     HEADER_COORD_ID,
     HEADER_COORD_WAIT,
     HEADER_NODE,
+    HEADER_PROXY_AT,
     HEADER_REPLICA,
     HEADER_SENT_AT,
     HEADER_TIMINGS,
@@ -37,6 +38,20 @@ from labkit.serve.protocol import BadRequest, parse_request
 
 if TYPE_CHECKING:
     from vllm.tokenizers.protocol import TokenizerLike
+
+
+#: Most stream chunks whose flush time a final event reports (a bound on its size).
+_MAX_CHUNK_STAMPS = 4096
+
+
+def _header_time(headers: dict[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 def _sse(obj: Any) -> bytes:
@@ -106,13 +121,19 @@ class LLMServer:
         arrival_wall = time.time()
         arrival = time.perf_counter()
         timings: dict[str, float] = {}
-        sent_at = headers.get(HEADER_SENT_AT)
-        if sent_at:
-            with contextlib.suppress(ValueError):
-                timings["client_to_replica_s"] = max(0.0, arrival_wall - float(sent_at))
-        if headers.get(HEADER_COORD_WAIT):
-            with contextlib.suppress(ValueError):
-                timings["coordinator_wait_s"] = float(headers[HEADER_COORD_WAIT])
+        # Hop stamps ("*_at_s"): seconds after the client's send, each on its own host's wall clock
+        # minus the client's wall clock at send; labkit.stats.hops corrects measured clock offsets.
+        sent = _header_time(headers, HEADER_SENT_AT)
+        if sent is not None:
+            timings["client_to_replica_s"] = max(0.0, arrival_wall - sent)
+            timings["replica_at_s"] = arrival_wall - sent
+            for key, header in (("proxy_at_s", HEADER_PROXY_AT), ("coordinator_at_s", HEADER_COORD_AT)):
+                stamp = _header_time(headers, header)
+                if stamp is not None:
+                    timings[key] = stamp - sent
+        wait = _header_time(headers, HEADER_COORD_WAIT)
+        if wait is not None:
+            timings["coordinator_wait_s"] = wait
         base_headers = {HEADER_NODE: self.node_id, HEADER_REPLICA: self.replica_id}
         route = path.rstrip("/")
         if route.endswith("/v1/models") and method == "GET":
@@ -138,7 +159,7 @@ class LLMServer:
             return
         if route.endswith("/healthz") or route.endswith("/health"):
             yield {"status": 200, "headers": base_headers, "media_type": "application/json"}
-            yield json.dumps({"status": "ok", **self.engine_stats()}).encode()
+            yield json.dumps({"status": "ok", "now": time.time(), **self.engine_stats()}).encode()
             return
         kind = (
             "chat"
@@ -163,7 +184,7 @@ class LLMServer:
             yield {"status": err.status, "headers": base_headers, "media_type": "application/json"}
             yield err.body()
             return
-        async for item in self._generate(kind, req, prompt, arrival, timings, base_headers):
+        async for item in self._generate(kind, req, prompt, arrival, sent, timings, base_headers):
             yield item
 
     async def _generate(
@@ -172,6 +193,7 @@ class LLMServer:
         req: dict[str, Any],
         prompt: str,
         arrival: float,
+        sent: float | None,
         timings: dict[str, float],
         base_headers: dict[str, str],
     ) -> AsyncIterator[Any]:
@@ -193,7 +215,13 @@ class LLMServer:
         self.inflight += 1
         submit = time.perf_counter()
         timings["replica_wait_s"] = submit - arrival
+        wall = time.time
+        sent_wall = sent if sent is not None else wall()  # without the client's stamp: from submit
+        if sent is not None:
+            timings["submit_at_s"] = wall() - sent_wall
+        chunks_at: list[float] = []  # each text chunk's flush from this replica, after the send
         first: float | None = None
+        first_wall = last_wall = 0.0
         text_parts: list[str] = []
         prompt_tokens = 0
         output_tokens = 0
@@ -222,6 +250,9 @@ class LLMServer:
                 output_tokens += len(completion.token_ids)
                 if first is None and completion.token_ids:
                     first = time.perf_counter()
+                    first_wall = wall()
+                if completion.token_ids:
+                    last_wall = wall()
                 finish = completion.finish_reason
                 metrics = out.metrics or metrics
                 if req["stream"] and (completion.text or finish):
@@ -233,6 +264,8 @@ class LLMServer:
                         }
                     else:
                         choice = {"index": 0, "text": completion.text, "logprobs": None, "finish_reason": finish}
+                    if completion.text and len(chunks_at) < _MAX_CHUNK_STAMPS:
+                        chunks_at.append(round(wall() - sent_wall, 6))
                     yield _sse(
                         {
                             "id": request_id,
@@ -260,6 +293,9 @@ class LLMServer:
         done = time.perf_counter()
         if first is not None:
             timings["engine_ttft_s"] = first - submit
+            if sent is not None:
+                timings["first_token_at_s"] = first_wall - sent_wall
+                timings["last_token_at_s"] = last_wall - sent_wall
         timings["engine_total_s"] = done - submit
         if metrics is not None and getattr(metrics, "scheduled_ts", 0) and getattr(metrics, "queued_ts", 0):  # type: ignore[arg-type]  # mypy types getattr's default from the left of "and"
             timings["engine_queue_s"] = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
@@ -268,7 +304,9 @@ class LLMServer:
             "completion_tokens": output_tokens,
             "total_tokens": prompt_tokens + output_tokens,
         }
-        labkit = {"node_id": self.node_id, "replica_id": self.replica_id, "timings": timings}
+        labkit: dict[str, Any] = {"node_id": self.node_id, "replica_id": self.replica_id, "timings": timings}
+        if chunks_at and sent is not None:
+            labkit["chunks_at_s"] = chunks_at
         if req["stream"]:
             yield _sse(
                 {
@@ -365,6 +403,7 @@ class Coordinator:
             logging.getLogger("labkit").warning("labkit: telemetry reporter not started: %r", err)
 
     async def _relay(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[Any]:
+        received = time.time()
         queued = time.perf_counter()
         self.waiting += 1
         try:
@@ -376,6 +415,7 @@ class Coordinator:
             headers = dict(headers)
             headers[HEADER_COORD_WAIT] = f"{time.perf_counter() - queued:.6f}"
             headers[HEADER_COORD_ID] = self.coordinator_id
+            headers[HEADER_COORD_AT] = f"{received:.6f}"
             async for item in self.handle.handle_api.remote(method, path, body, headers):
                 yield item
         finally:

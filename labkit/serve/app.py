@@ -13,9 +13,10 @@ from typing import Any
 
 from labkit.contracts import COORDINATOR_RESOURCE, CPU_RAY_ENV, LLM_DEPLOYMENT
 from labkit.serve.config import ROUTERS, ServeConfig
+from labkit.serve.hops import serve_env
 from labkit.serve.placement import PlacementPlan
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "coordinator_actor_options"]
 
 
 # -- building the application -----------------------------------------------------------------
@@ -67,6 +68,7 @@ def _runtime_env(config: ServeConfig) -> dict[str, Any]:
             env["RAY_ADDRESS"] = address
     else:
         env.update({"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"})
+    env.update(serve_env(throughput_optimized=config.throughput_optimized))
     return {"env_vars": env}
 
 
@@ -139,6 +141,15 @@ def build_app(config: ServeConfig, plan: PlacementPlan, spec: Any) -> Any:
         name="Coordinator",
         num_replicas=1,
         max_ongoing_requests=100_000,
-        ray_actor_options={"num_cpus": 0, "resources": {COORDINATOR_RESOURCE: 0.001}},
+        ray_actor_options=coordinator_actor_options(config.throughput_optimized),
     )
     return coord.bind(llm, config.coordinator_max_concurrency, config.telemetry)
+
+
+def coordinator_actor_options(throughput_optimized: bool) -> dict[str, Any]:
+    """Return the coordinator's actor options: pinned to the head, Serve's mode in its environment."""
+    return {
+        "num_cpus": 0,
+        "resources": {COORDINATOR_RESOURCE: 0.001},
+        "runtime_env": {"env_vars": serve_env(throughput_optimized=throughput_optimized)},
+    }

@@ -20,6 +20,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "head-proxy": {"proxy_location": "HeadOnly", "coordinator": False, "placement": "spread"},
     "gated": {"proxy_location": "HeadOnly", "coordinator": True, "placement": "spread"},
     "packed": {"proxy_location": "EveryNode", "coordinator": False, "placement": "packed"},
+    # Serve's throughput-optimized mode: no proxies, the client reaches the replica's own HTTP server.
+    "direct-ingress": {
+        "proxy_location": "EveryNode",
+        "coordinator": False,
+        "placement": "spread",
+        "throughput_optimized": True,
+        "num_replicas": 1,
+    },
 }
 
 ROUTERS: dict[str, str | None] = {
@@ -49,6 +57,13 @@ class ServeConfig:
         is then its own process (a Ray actor of vLLM's Ray executor) on the node Ray chose.
     proxy_location : str
         ``"EveryNode"`` or ``"HeadOnly"``: where Serve runs HTTP proxies.
+    throughput_optimized : bool
+        Serve's throughput-optimized mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` in the controller and
+        the replicas): no HTTP proxies; the ingress deployment's replicas run their own HTTP servers
+        (direct ingress) and the client connects to one (``Deployment.url``); handle calls use gRPC and
+        user code runs on the replica's own event loop. Serve has no balancer in front of several
+        direct-ingress replicas (its answer is an HAProxy ingress), so without a coordinator it
+        takes ``num_replicas=1``.
     coordinator : bool
         Put one gating coordinator on the head in front of the replicas.
     coordinator_max_concurrency : int
@@ -92,6 +107,7 @@ class ServeConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     proxy_location: str = "EveryNode"
+    throughput_optimized: bool = False
     coordinator: bool = False
     coordinator_max_concurrency: int = 2
     placement: str = "spread"
@@ -145,6 +161,13 @@ class ServeConfig:
                 self.proxy_location in ("EveryNode", "HeadOnly"),
                 "proxy_location",
                 f"proxy_location={self.proxy_location!r} is unknown. Available: ['EveryNode', 'HeadOnly']",
+            ),
+            (
+                not (self.throughput_optimized and not self.coordinator and self.num_replicas != 1),
+                "num_replicas",
+                f"num_replicas={self.num_replicas!r} with throughput_optimized=True: each direct-ingress replica "
+                "is its own HTTP server and nothing balances between them. Use num_replicas=1, or "
+                "coordinator=True (one ingress that routes to every replica), or throughput_optimized=False.",
             ),
             (
                 self.placement in ("spread", "packed"),

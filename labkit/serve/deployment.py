@@ -17,14 +17,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from labkit.contracts import COORDINATOR_RESOURCE, HEADER_SENT_AT, LLM_DEPLOYMENT
+from labkit.contracts import HEADER_SENT_AT, LLM_DEPLOYMENT
 from labkit.errors import ConfigError, DeploymentError
-from labkit.serve.app import build_app
+from labkit.serve.app import build_app, coordinator_actor_options
 from labkit.serve.config import ServeConfig
+from labkit.serve.hops import serve_env
 from labkit.serve.metrics import list_replicas, serve_details
 from labkit.serve.placement import PlacementPlan, check_memory, plan_placement
 
-__all__ = ["Deployment", "deploy", "deploy_coordinator", "post_json"]
+__all__ = ["Deployment", "deploy", "deploy_coordinator", "direct_ingress_url", "measure_clock_offsets", "post_json"]
 
 
 @dataclass
@@ -97,6 +98,55 @@ class Deployment:
         serve.delete(self.config.app_name)
 
 
+def measure_clock_offsets(url: str, *, probes: int = 16, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Measure how far the servers' wall clocks are ahead of this one (for :func:`labkit.stats.hop_times`).
+
+    Sends ``probes`` GETs to the proxy's clock route (:data:`labkit.serve.hops.CLOCK_PATH`) and to the
+    replicas' ``/healthz`` (each answers its wall clock and node); per server, the probe with the
+    shortest round trip gives ``offset = server_now - (sent + received) / 2``, good to half that
+    round trip.
+
+    Parameters
+    ----------
+    url : str
+        The deployment's base URL.
+    probes : int
+        Probes per route.
+    timeout_s : float
+        Per probe.
+
+    Returns
+    -------
+    dict
+        ``{"offsets": {"proxy" | node_id: seconds}, "uncertainty_s": {same keys: half the round trip}}``;
+        a route that does not answer is left out.
+    """
+    from labkit.serve.hops import CLOCK_PATH
+
+    base = url.rstrip("/")
+    scheme_host = "/".join(base.split("/", 3)[:3])
+    best: dict[str, tuple[float, float]] = {}
+    for route, key in ((scheme_host + CLOCK_PATH, "proxy"), (base + "/healthz", None)):
+        for _ in range(probes):
+            sent = time.time()
+            try:
+                with urllib.request.urlopen(route, timeout=timeout_s) as resp:  # noqa: S310 - the lab's own endpoint
+                    data = json.loads(resp.read())
+            except (OSError, ValueError):
+                break
+            received = time.time()
+            if not isinstance(data, dict) or not isinstance(data.get("now"), (int, float)):
+                break
+            name = key or str(data.get("node_id") or "replica")
+            rtt = received - sent
+            if name not in best or rtt < best[name][1]:
+                best[name] = (float(data["now"]) - (sent + received) / 2, rtt)
+    return {
+        "offsets": {k: v[0] for k, v in best.items()},
+        "uncertainty_s": {k: v[1] / 2 for k, v in best.items()},
+    }
+
+
 def post_json(
     url: str, body: dict[str, Any], *, timeout_s: float = 60.0, headers: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -146,6 +196,70 @@ def _free_port() -> int:
 
 def _serve_http_port() -> int:
     return int(serve_details()["http_options"]["port"])
+
+
+def _proxy_url(host: str, port: int, route_prefix: str) -> str:
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{route_prefix.rstrip('/')}"
+
+
+def direct_ingress_url(app_name: str, config: ServeConfig) -> str | None:
+    """Return where an application's direct-ingress replica answers (Serve's throughput-optimized mode).
+
+    Parameters
+    ----------
+    app_name : str
+        Serve application name.
+    config : ServeConfig
+        For the host the replicas listen on and the route prefix.
+
+    Returns
+    -------
+    str or None
+        ``http://host:port/prefix`` of the first running ingress replica; None while none has a port
+        (Serve lists the proxies in its target groups until then).
+    """
+    for group in serve_details().get("target_groups") or []:
+        protocol = str(group.get("protocol", ""))
+        if group.get("app_name") != app_name or not protocol.endswith("HTTP"):
+            continue
+        for target in group.get("targets") or []:
+            if str(target.get("name", "")).startswith("SERVE_PROXY_ACTOR"):
+                continue
+            host = target["ip"] if config.host in ("0.0.0.0", "::") else config.host
+            return _proxy_url(host, int(target["port"]), str(group.get("route_prefix") or "/"))
+    return None
+
+
+#: The mode the kit started Serve in, per Ray cluster (GCS address): (proxy location, throughput-optimized).
+_SERVE_MODES: dict[str, tuple[str, bool]] = {}
+
+
+def _ensure_serve(config: ServeConfig) -> None:
+    """Start Serve in the config's mode; restart it when it runs in another one."""
+    import ray
+    from ray import serve
+
+    cluster = str(ray.get_runtime_context().gcs_address)
+    want = (config.proxy_location, config.throughput_optimized)
+    running = _serve_running_proxy_location()
+    if running is not None:
+        # Serve reports "EveryNode", "every_node" or "ProxyLocation.EveryNode" depending on the path
+        location = running.rsplit(".", 1)[-1].replace("_", "").lower()
+        known = _SERVE_MODES.get(cluster)
+        # A Serve the kit did not start runs without the throughput mode and without the proxy stamp
+        same = (known == want) if known is not None else (not config.throughput_optimized)
+        if location not in (config.proxy_location.lower(), "unknown") or not same:
+            serve.shutdown()
+            running = None
+    _quiet_serve_driver_log()
+    if running is None:
+        env = serve_env(throughput_optimized=config.throughput_optimized)
+        serve.start(
+            proxy_location=config.proxy_location,
+            http_options={"host": config.host, "port": config.port or _free_port()},
+            controller_options={"runtime_env": {"env_vars": env}},
+        )
+        _SERVE_MODES[cluster] = want
 
 
 def _serve_running_proxy_location() -> str | None:
@@ -219,15 +333,7 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
     from ray import serve
 
     started = time.monotonic()
-    running = _serve_running_proxy_location()
-    want = config.proxy_location
-    # Serve reports "EveryNode", "every_node" or "ProxyLocation.EveryNode" depending on the path
-    if running is not None and running.rsplit(".", 1)[-1].replace("_", "").lower() not in (want.lower(), "unknown"):
-        serve.shutdown()
-        running = None
-    _quiet_serve_driver_log()
-    if running is None:
-        serve.start(proxy_location=want, http_options={"host": config.host, "port": config.port or _free_port()})
+    _ensure_serve(config)
     app = build_app(config, plan, spec)
     try:
         # Ray private: serve.run blocks until RUNNING with no deadline; _run returns at once, and the
@@ -236,8 +342,7 @@ def deploy(config: ServeConfig | None = None, *, wait: bool = True, **overrides:
     except Exception as err:  # noqa: BLE001 - Serve raises many types; wrap with context
         msg = f"Deploying '{config.app_name}' failed: {err}"
         raise DeploymentError(msg) from err
-    url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{_serve_http_port()}"
-    url += config.route_prefix.rstrip("/")
+    url = "" if config.throughput_optimized else _proxy_url(config.host, _serve_http_port(), config.route_prefix)
     deployment = Deployment(config=config, model=spec, plan=plan, url=url, deploy_s=0.0)
     if wait:
         _wait_until_ready(deployment, config.deploy_timeout_s, started)
@@ -260,7 +365,9 @@ def _wait_until_ready(deployment: Deployment, timeout_s: float, started: float) 
             ]
             msg = f"Application '{deployment.config.app_name}' failed to deploy: {' | '.join(why)}"
             raise DeploymentError(msg)
-        if "RUNNING" in state:
+        if "RUNNING" in state and deployment.config.throughput_optimized:
+            deployment.url = direct_ingress_url(deployment.config.app_name, deployment.config) or ""
+        if "RUNNING" in state and deployment.url:
             try:
                 deployment.complete("ready?", max_tokens=1, timeout_s=30)
                 return
@@ -318,11 +425,17 @@ def deploy_coordinator(
             name="Coordinator",
             num_replicas=1,
             max_ongoing_requests=100_000,
-            ray_actor_options={"num_cpus": 0, "resources": {COORDINATOR_RESOURCE: 0.001}},
+            ray_actor_options=coordinator_actor_options(deployment.config.throughput_optimized),
         )
         .bind(handle, max_concurrency, deployment.config.telemetry)
     )
     serve.run(app, name=name, route_prefix=route_prefix)
+    if deployment.config.throughput_optimized:
+        url = direct_ingress_url(name, deployment.config)
+        if url is None:
+            msg = f"The gated door '{name}' runs but Serve lists no direct-ingress port for it yet."
+            raise DeploymentError(msg)
+        return url
     prefix = deployment.config.route_prefix.rstrip("/")
     base = deployment.url[: -len(prefix)] if prefix and deployment.url.endswith(prefix) else deployment.url
     return base + route_prefix

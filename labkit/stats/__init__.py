@@ -33,7 +33,8 @@ Layout (import every name from ``labkit.stats``; the submodules are its implemen
 :func:`bootstrap_ci`, :func:`histogram_bins`), :mod:`~labkit.stats.latency` (:data:`METRICS`,
 :func:`latency_values`, :class:`LatencySummary`, :func:`summarize_latencies`) and
 :mod:`~labkit.stats.run` (:func:`share_by`, :func:`load_balance_index`,
-:func:`decompose_latency`, goodput, :class:`RunSummary`, :func:`summarize_run`). A test that
+:func:`decompose_latency`, goodput, :class:`RunSummary`, :func:`summarize_run`) and
+:mod:`~labkit.stats.hops` (:func:`hop_times`, :func:`hop_breakdown`: every hop of a request). A test that
 patches a module-level name patches it in the submodule that looks it up, e.g.
 ``labkit.stats.latency._BOOTSTRAP_MAX_N``.
 """
@@ -48,18 +49,22 @@ from labkit.stats.distribution import (
     percentile_supported,
     percentiles,
 )
+from labkit.stats.hops import HOPS, TTFT_HOPS, hop_breakdown, hop_times
 from labkit.stats.latency import METRICS, LatencySummary, latency_values, summarize_latencies
 from labkit.stats.run import SLO_KEYS as SLO_KEYS
 from labkit.stats.run import RunSummary, decompose_latency, load_balance_index, share_by, summarize_run
 
 __all__ = [
     "DEFAULT_PERCENTILES",
+    "HOPS",
     "METRICS",
     "LatencySummary",
     "RunSummary",
     "bootstrap_ci",
     "decompose_latency",
     "histogram_bins",
+    "hop_breakdown",
+    "hop_times",
     "latency_values",
     "load_balance_index",
     "percentile_label",
@@ -68,4 +73,5 @@ __all__ = [
     "share_by",
     "summarize_latencies",
     "summarize_run",
+    "TTFT_HOPS",
 ]

@@ -1,0 +1,144 @@
+"""Every hop of a request: the arithmetic (exact), and known delays injected at each hop of a real HTTP exchange."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from _fake_openai import FakeOpenAIServer
+
+from labkit.contracts import RequestRecord
+from labkit.load import LoadConfig, run_load
+from labkit.stats import HOPS, TTFT_HOPS, hop_breakdown, hop_times
+
+
+def _record(**server: float) -> RequestRecord:
+    # sent 0.5 s late; first token 0.30 s after the send, last 0.50 s; three chunks
+    return RequestRecord(
+        request_id="r",
+        scheduled_s=10.0,
+        sent_s=10.5,
+        done_s=11.1,
+        first_token_s=10.8,
+        last_token_s=11.0,
+        output_tokens=3,
+        itl_s=[0.1, 0.1],
+        node_id="node-a",
+        server=dict(server),
+        extra={"chunks_at_s": [0.29, 0.38, 0.47]},
+    )
+
+
+FULL = {
+    "proxy_at_s": 0.01,
+    "replica_at_s": 0.05,
+    "submit_at_s": 0.06,
+    "engine_queue_s": 0.02,
+    "first_token_at_s": 0.26,
+    "last_token_at_s": 0.46,
+}
+
+
+def test_each_hop_is_the_gap_between_two_stamps_and_the_ttft_hops_add_up():
+    hops = hop_times(_record(**FULL))
+    assert hops["send_lag"] == pytest.approx(0.5)
+    assert hops["to_ingress"] == pytest.approx(0.01)
+    assert hops["routing"] == pytest.approx(0.04)
+    assert hops["coordinator_wait"] == 0.0
+    assert hops["replica"] == pytest.approx(0.01)
+    assert hops["engine_first"] == pytest.approx(0.20)
+    assert hops["engine_queue"] == pytest.approx(0.02)
+    assert hops["first_return"] == pytest.approx(0.04)
+    assert hops["decode"] == pytest.approx(0.20)
+    assert hops["last_return"] == pytest.approx(0.04)
+    assert hops["chunk_return"] == pytest.approx([0.01, 0.02, 0.03])
+    assert sum(hops[h] for h in TTFT_HOPS) == pytest.approx(_record(**FULL).ttft_s)
+
+
+def test_the_coordinator_hop_splits_routing_from_the_wait_for_a_slot():
+    hops = hop_times(_record(**FULL, coordinator_at_s=0.02, coordinator_wait_s=0.03))
+    assert hops["to_ingress"] == pytest.approx(0.01)  # the proxy still stamps first
+    assert hops["coordinator_wait"] == pytest.approx(0.03)
+    assert hops["routing"] == pytest.approx(0.01)  # 0.05 - 0.01 - 0.03
+    assert sum(hops[h] for h in TTFT_HOPS) == pytest.approx(_record(**FULL).ttft_s)
+
+
+def test_without_a_proxy_the_replica_is_the_ingress():
+    no_proxy = {k: v for k, v in FULL.items() if k != "proxy_at_s"}
+    hops = hop_times(_record(**no_proxy))
+    assert hops["to_ingress"] == pytest.approx(0.05)
+    assert hops["routing"] == pytest.approx(0.0)
+
+
+def test_clock_offsets_move_time_between_hops_but_not_the_total():
+    # the replica's host clock runs 0.02 s ahead of the client's, the proxy's 0.005 s
+    skewed = {k: (v + 0.02 if k.endswith("_at_s") and k != "proxy_at_s" else v) for k, v in FULL.items()}
+    skewed["proxy_at_s"] = FULL["proxy_at_s"] + 0.005
+    record = _record(**skewed)
+    record.extra["chunks_at_s"] = [c + 0.02 for c in record.extra["chunks_at_s"]]
+    raw = hop_times(record)
+    assert raw["first_return"] == pytest.approx(0.02)  # off by the skew
+    fixed = hop_times(record, {"node-a": 0.02, "proxy": 0.005})
+    expected = hop_times(_record(**FULL))
+    for hop, value in expected.items():
+        assert fixed[hop] == pytest.approx(value), hop
+    assert sum(raw[h] for h in TTFT_HOPS) == pytest.approx(sum(fixed[h] for h in TTFT_HOPS))
+
+
+def test_requests_without_stamps_or_that_failed_give_only_the_client_hop():
+    assert set(hop_times(_record())) == {"send_lag"}  # vLLM alone: no stamps
+    failed = _record(**FULL)
+    failed.status = "error"
+    assert set(hop_times(failed)) == {"send_lag"}
+    mismatched = _record(**FULL)
+    mismatched.extra["chunks_at_s"] = [0.29]  # not one stamp per chunk the client saw: no chunk hop
+    assert "chunk_return" not in hop_times(mismatched)
+
+
+def test_breakdown_pools_chunks_and_reports_only_supported_percentiles():
+    records = [_record(**FULL) for _ in range(10)]
+    records.append(RequestRecord(request_id="w", scheduled_s=0, sent_s=0, done_s=1, warmup=True, server=dict(FULL)))
+    out = hop_breakdown(records)
+    assert list(out) == [h for h in HOPS if h in out]
+    assert out["routing"]["count"] == 10
+    assert out["chunk_return"]["count"] == 30
+    assert "p95" not in out["routing"] and "p95" in out["chunk_return"]  # 10 samples cannot show a p95
+    assert out["routing"]["p50"] == pytest.approx(0.04)
+    assert len(out["chunk_return"]["values"]) == 30
+
+
+@pytest.mark.parametrize("hop", ["to_ingress", "routing", "replica", "engine_first", "chunk_return"])
+def test_a_delay_injected_at_one_hop_is_measured_at_that_hop(hop):
+    """A server that sleeps 0.12 s at one hop: that hop is at least 0.12 s, and the TTFT hops still add up.
+
+    Only lower bounds: a sleep is never early, and every stamp is on this host's one clock; how much
+    longer a loaded machine makes any hop is not asserted.
+    """
+    delay = 0.12
+    server = FakeOpenAIServer(
+        ttft_s=delay if hop == "engine_first" else 0.0,
+        hop_delays={} if hop == "engine_first" else {hop: delay},
+        output_tokens=4,
+        node_id="node-a",
+        replica_id="rep-a",
+    )
+    with server:
+        config = LoadConfig(
+            url=server.url,
+            model="fake-model",
+            arrival="closed",
+            users=1,
+            num_requests=3,
+            max_tokens=4,
+            warmup_requests=0,
+            timeout_s=30,
+        )
+        records = run_load(config, progress=False).records
+    assert len(records) == 3 and all(r.ok for r in records)
+    for record in records:
+        hops = hop_times(record)
+        assert set(HOPS) - {"engine_queue"} <= set(hops), sorted(set(HOPS) - set(hops))  # no engine here
+        measured = min(hops[hop]) if hop == "chunk_return" else hops[hop]
+        assert measured >= delay - 2e-6  # stamps carry microseconds
+        assert len(hops["chunk_return"]) == 4
+        assert math.isclose(sum(hops[h] for h in TTFT_HOPS), record.ttft_s, abs_tol=1e-5)
