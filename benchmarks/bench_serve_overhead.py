@@ -1,11 +1,23 @@
-"""Overhead of the kit's Serve path against vLLM's own OpenAI server: same tiny model, same load.
+"""The kit's Serve topologies against vLLM's own OpenAI server, side by side, hop by hop.
 
-Run: .venv/bin/python benchmarks/bench_serve_overhead.py [--rates 2,5,10] [--duration 20]
-Writes benchmarks/results/serve_overhead.json. One engine on each side (the kit: one replica on an
-embedded 2-node cluster, reached through the Serve proxy; vLLM: `vllm.entrypoints.openai.api_server`
-in its own process). Both are driven by the kit's load generator with the same Poisson schedules
-(same seed), streaming, ignore_eos, so every request has the same shape. Reported as ratios kit/vLLM
-of p50 and p99 of TTFT and end-to-end, measured back to back in one run.
+Run: .venv/bin/python benchmarks/bench_serve_overhead.py [--rates 2,5,10] [--duration 15]
+     [--topologies distributed,head-proxy,gated,direct-ingress]
+
+Writes benchmarks/results/serve_overhead.json and serve_overhead_hops.png. One engine on each side,
+same tiny model, same engine settings (float32, eager, 32 sequences, 1 GiB KV cache, one OpenMP
+thread). vLLM alone (`vllm.entrypoints.openai.api_server`, its own process) runs the whole time; the
+kit's embedded 2-node cluster deploys one topology after the other (one replica each):
+
+- ``distributed``: a Serve proxy on every node (the lesson's healthy door);
+- ``head-proxy``: one proxy, on the head;
+- ``gated``: the head's proxy and the kit's coordinator in front (a gate of 32 slots, as many as the
+  engine runs: the coordinator's hop without its queue);
+- ``direct-ingress``: Serve's throughput-optimized mode, no proxy: the client connects to the
+  replica's own HTTP server.
+
+For every topology and rate the same Poisson schedule (same seed), streamed, ``ignore_eos``, is sent
+to vLLM alone and then to the kit, back to back: each ratio kit / vLLM comes from one pair measured a
+minute apart at most. The kit's records carry the hop stamps; their p50 per hop is reported too.
 """
 
 from __future__ import annotations
@@ -18,6 +30,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+KEYS = ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99")
 
 
 def _wait_http(url: str, timeout_s: float) -> None:
@@ -31,103 +47,127 @@ def _wait_http(url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
-def _drive(url: str, model: str, rates: list[float], duration_s: float, max_tokens: int) -> dict:
+def _drive(url: str, model: str, rate: float, duration_s: float, max_tokens: int) -> tuple[dict, Any]:
     from labkit.load import LoadConfig, run_load
 
-    out = {}
-    for rate in rates:
-        config = LoadConfig(
-            url=url,
-            model=model,
-            arrival="poisson",
-            rate_rps=rate,
-            duration_s=duration_s,
-            max_tokens=max_tokens,
-            ignore_eos=True,
-            temperature=0.0,
-            warmup_requests=3,
-            seed=7,
-        )
-        summary = run_load(config, progress=False).summary()
-        m = summary.metrics
-        out[str(rate)] = {
-            "ttft_p50": m["ttft"].percentiles["p50"],
-            "ttft_p99": m["ttft"].percentiles["p99"],
-            "e2e_p50": m["e2e"].percentiles["p50"],
-            "e2e_p99": m["e2e"].percentiles["p99"],
-            "achieved_rps": summary.achieved_rate_rps,
-            "errors": m["e2e"].errors,
-        }
-    return out
+    config = LoadConfig(
+        url=url,
+        model=model,
+        arrival="poisson",
+        rate_rps=rate,
+        duration_s=duration_s,
+        max_tokens=max_tokens,
+        ignore_eos=True,
+        temperature=0.0,
+        warmup_requests=5,
+        seed=7,
+    )
+    result = run_load(config, progress=False)
+    summary = result.summary()
+    m = summary.metrics
+    row = {
+        "n": m["ttft"].count,
+        "ttft_p50": m["ttft"].percentiles["p50"],
+        "ttft_p99": m["ttft"].percentiles["p99"],
+        "e2e_p50": m["e2e"].percentiles["p50"],
+        "e2e_p99": m["e2e"].percentiles["p99"],
+        "achieved_rps": summary.achieved_rate_rps,
+        "errors": m["e2e"].errors,
+    }
+    return row, result.records
+
+
+def _vllm_server(model_dir: Path, name: str, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": "1",
+    }
+    args = ["--model", str(model_dir), "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--max-model-len", "512", "--dtype", "float32", "--enforce-eager", "--max-num-seqs", "32"]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _config(name: str) -> Any:
+    import labkit
+
+    extra = {"coordinator_max_concurrency": 32} if name == "gated" else {}
+    return labkit.topology_preset(name, num_replicas=1, **extra)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="2,5,10")
-    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--topologies", default="distributed,head-proxy,gated,direct-ingress")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
+    topologies = args.topologies.split(",")
 
     import labkit
     from labkit.models import TINY_MODEL_NAME, make_tiny_model
+    from labkit.stats import hop_breakdown
 
-    model_dir = make_tiny_model()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
     port = 8123
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model_dir),
-            "--served-model-name",
-            TINY_MODEL_NAME,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--max-model-len",
-            "512",
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-            "--max-num-seqs",
-            "32",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = _vllm_server(make_tiny_model(), TINY_MODEL_NAME, port)
+    vllm_url = f"http://127.0.0.1:{port}"
+    rows: dict[str, dict[str, Any]] = {}
+    hops: dict[str, dict[str, dict[str, float]]] = {}
+    hop_values: dict[str, dict[str, list[float]]] = {}
     try:
-        _wait_http(f"http://127.0.0.1:{port}/v1/models", 300)
-        vllm_side = _drive(f"http://127.0.0.1:{port}", TINY_MODEL_NAME, rates, args.duration, args.max_tokens)
+        _wait_http(f"{vllm_url}/v1/models", 300)
+        with labkit.start_cluster(num_nodes=2):
+            for name in topologies:
+                deployment = labkit.deploy(_config(name))
+                offsets = labkit.measure_clock_offsets(deployment.url)
+                rows[name] = {"deploy_s": deployment.deploy_s, "url_kind": name, "clock": offsets, "rates": {}}
+                hops[name] = {}
+                for rate in rates:
+                    alone, _ = _drive(vllm_url, TINY_MODEL_NAME, rate, args.duration, args.max_tokens)
+                    served = deployment.served_model_name
+                    kit, records = _drive(deployment.url, served, rate, args.duration, args.max_tokens)
+                    ratio = {k: (kit[k] / alone[k]) if alone[k] else None for k in KEYS}
+                    rows[name]["rates"][str(rate)] = {"vllm_alone": alone, "kit": kit, "ratio": ratio}
+                    breakdown = hop_breakdown(records, offsets=offsets["offsets"])
+                    hops[name][str(rate)] = {h: v["p50"] for h, v in breakdown.items()}
+                    if rate == rates[len(rates) // 2]:
+                        hop_values[name] = {h: v["values"] for h, v in breakdown.items()}
+                    print(name, rate, {k: None if v is None else round(v, 2) for k, v in ratio.items()}, flush=True)
+                deployment.shutdown()
     finally:
         server.terminate()
         server.wait(timeout=60)
-    with labkit.start_cluster(num_nodes=2):
-        deployment = labkit.deploy(labkit.topology_preset("distributed", num_replicas=1))
-        kit_side = _drive(deployment.url, deployment.served_model_name, rates, args.duration, args.max_tokens)
-    ratios = {
-        rate: {
-            k: (kit_side[rate][k] / vllm_side[rate][k]) if vllm_side[rate][k] else None
-            for k in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99")
-        }
-        for rate in kit_side
-    }
     result = {
         "rates_rps": rates,
         "duration_s": args.duration,
         "max_tokens": args.max_tokens,
-        "vllm_openai_server": vllm_side,
-        "kit_serve_path": kit_side,
-        "ratio_kit_over_vllm": ratios,
+        "topologies": rows,
+        "hop_p50_s": hops,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = Path(__file__).parent / "results" / "serve_overhead.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(ratios, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    if hop_values:
+        from labkit.plots import plot_hops
+
+        fig = plot_hops(hop_values, title=f"hops at {rates[len(rates) // 2]:g} req/s, tiny model, one replica")
+        fig.savefig(RESULTS / "serve_overhead_hops.png", dpi=110, bbox_inches="tight")
+    print(_table(result))
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = ["| topology | req/s | TTFT p50 | TTFT p99 | e2e p50 | e2e p99 |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in result["topologies"].items():
+        for rate, cell in row["rates"].items():
+            parts = []
+            for k in KEYS:
+                kit, alone, ratio = cell["kit"][k], cell["vllm_alone"][k], cell["ratio"][k]
+                parts.append(f"{kit * 1000:.1f} / {alone * 1000:.1f} ms (x{ratio:.2f})" if ratio else "n/a")
+            lines.append(f"| {name} | {float(rate):g} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

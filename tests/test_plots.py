@@ -289,3 +289,21 @@ def test_a_percentile_is_drawn_only_where_a_request_lies_above_it():
     labels = line_labels(hist.axes[0])
     assert not any(label.startswith("p99 =") for label in labels)
     assert any("p99 not marked: n = 30" in label for label in hist.axes[0].get_legend_handles_labels()[1])
+
+
+def test_hop_figure_has_one_row_per_hop_and_the_p50_of_each_run_in_its_legend():
+    from labkit.plots import plot_hops
+
+    stamps = {"proxy_at_s": 0.001, "replica_at_s": 0.004, "submit_at_s": 0.005, "first_token_at_s": 0.020}
+    records = [
+        RequestRecord(request_id=f"r{i}", scheduled_s=0.0, sent_s=0.0, done_s=0.05, first_token_s=0.025, server=stamps)
+        for i in range(5)
+    ]
+    fig = plot_hops({"door A": records, "door B": {"routing": [0.010, 0.012]}}, title="hops")
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles[:2] == ["send -> ingress (proxy) receives", "ingress -> replica (router, handle calls)"]
+    assert len(fig.axes) == 6  # to_ingress, routing, coordinator_wait, replica, engine_first, first_return
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["door A: p50 3.00 ms (n=5)", "door B: p50 11.00 ms (n=2)"]
+    with pytest.raises(ConfigError, match="No hop stamps"):
+        plot_hops({"vLLM alone": [RequestRecord(request_id="x", scheduled_s=0, sent_s=0, done_s=1)]})

@@ -14,7 +14,8 @@ Layout (import every name from ``labkit.plots``; the submodules are its implemen
 :mod:`~labkit.plots.style` (the palette, labels, the values drawn, the blank Figure that is the
 only place matplotlib is imported, and :func:`save_figure`), :mod:`~labkit.plots.latency`
 (:func:`plot_latency_histogram`, :func:`plot_latency_cdf`, :func:`plot_percentiles_vs_load`),
-:mod:`~labkit.plots.activity` (:func:`plot_request_share`, :func:`plot_timeline`); ``labkit
+:mod:`~labkit.plots.activity` (:func:`plot_request_share`, :func:`plot_timeline`),
+:mod:`~labkit.plots.hops` (:func:`plot_hops`: every hop of a request); ``labkit
 plot`` is in :mod:`labkit.cli`. A test that patches a
 module-level name patches it in the submodule that looks it up, e.g.
 ``labkit.plots.latency._new_figure`` for the latency figures.
@@ -23,13 +24,16 @@ module-level name patches it in the submodule that looks it up, e.g.
 from __future__ import annotations
 
 from labkit.plots.activity import plot_request_share, plot_timeline
+from labkit.plots.hops import HOP_LABELS, plot_hops
 from labkit.plots.latency import plot_latency_cdf, plot_latency_histogram, plot_percentiles_vs_load
 from labkit.plots.style import METRIC_LABELS, OKABE_ITO, PALETTE, save_figure
 
 __all__ = [
+    "HOP_LABELS",
     "METRIC_LABELS",
     "OKABE_ITO",
     "PALETTE",
+    "plot_hops",
     "plot_latency_cdf",
     "plot_latency_histogram",
     "plot_percentiles_vs_load",
