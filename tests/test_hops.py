@@ -142,3 +142,55 @@ def test_a_delay_injected_at_one_hop_is_measured_at_that_hop(hop):
         assert measured >= delay - 2e-6  # stamps carry microseconds
         assert len(hops["chunk_return"]) == 4
         assert math.isclose(sum(hops[h] for h in TTFT_HOPS), record.ttft_s, abs_tol=1e-5)
+
+
+def _run(n: int = 120, *, wait: float = 0.0, engine: float = 0.20) -> list[RequestRecord]:
+    out = []
+    for i in range(n):
+        jitter = 0.0001 * (i % 7)
+        s = {
+            "proxy_at_s": 0.001,
+            "coordinator_at_s": 0.002,
+            "coordinator_wait_s": wait + jitter,
+            "replica_at_s": 0.004 + wait + jitter,
+            "submit_at_s": 0.005 + wait + jitter,
+        }
+        s["first_token_at_s"] = s["submit_at_s"] + engine
+        s["last_token_at_s"] = s["first_token_at_s"] + 0.1
+        first = s["first_token_at_s"] + 0.002
+        out.append(
+            RequestRecord(
+                request_id=f"r{i}",
+                scheduled_s=0.0,
+                sent_s=0.0,
+                done_s=first + 0.11,
+                first_token_s=first,
+                last_token_s=s["last_token_at_s"] + 0.002,
+                server=s,
+            )
+        )
+    return out
+
+
+def test_compare_hops_names_the_gate_when_the_wait_grew_and_the_engine_when_it_did():
+    from labkit.diagnose import compare_hops
+
+    comparison = compare_hops({"healthy": _run(), "gated": _run(wait=0.3), "engine-bound": _run(engine=0.9)})
+    assert comparison.quantile == 99
+    assert comparison.largest_growth("gated")[0] == "coordinator_wait"
+    assert comparison.largest_growth("engine-bound")[0] == "engine_first"
+    gated, engine = comparison.sentences()
+    assert gated.startswith("gated: the hop that grew most at p99 is 'waiting for a gate slot' (before or after the engine")
+    assert "'engine: submit -> first token' went 200.0 ms -> 200.0 ms" in gated
+    assert engine.startswith("engine-bound: the hop that grew most at p99 is 'engine: submit -> first token' (inside")
+    assert "| waiting for a gate slot | 0.6 ms | 300.6 ms | 0.6 ms |" in comparison.to_markdown()
+
+
+def test_compare_hops_says_nothing_grew_when_nothing_did_and_falls_back_to_a_supported_percentile():
+    from labkit.diagnose import compare_hops
+
+    comparison = compare_hops({"a": _run(30), "b": _run(30)})
+    assert comparison.quantile == 95  # 30 samples cannot show a p99
+    assert comparison.sentences() == ["b: no hop's p95 grew by 1 ms and 1.2x over a's."]
+    with pytest.raises(ValueError, match="baseline='c' is not one of the runs"):
+        compare_hops({"a": _run(5)}, baseline="c")

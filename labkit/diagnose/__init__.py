@@ -28,7 +28,18 @@ patches it in the submodule that looks it up, e.g. ``labkit.diagnose.verdict._de
 
 from __future__ import annotations
 
+from labkit.diagnose.hops import HopComparison, compare_hops
 from labkit.diagnose.results import VERDICTS, Check, Diagnosis, DiagnosisComparison, Thresholds, compare
 from labkit.diagnose.verdict import diagnose
 
-__all__ = ["VERDICTS", "Check", "Diagnosis", "DiagnosisComparison", "Thresholds", "compare", "diagnose"]
+__all__ = [
+    "VERDICTS",
+    "Check",
+    "Diagnosis",
+    "DiagnosisComparison",
+    "HopComparison",
+    "Thresholds",
+    "compare",
+    "compare_hops",
+    "diagnose",
+]

@@ -24,12 +24,11 @@ module-level name patches it in the submodule that looks it up, e.g.
 from __future__ import annotations
 
 from labkit.plots.activity import plot_request_share, plot_timeline
-from labkit.plots.hops import HOP_LABELS, plot_hops
+from labkit.plots.hops import plot_hops
 from labkit.plots.latency import plot_latency_cdf, plot_latency_histogram, plot_percentiles_vs_load
 from labkit.plots.style import METRIC_LABELS, OKABE_ITO, PALETTE, save_figure
 
 __all__ = [
-    "HOP_LABELS",
     "METRIC_LABELS",
     "OKABE_ITO",
     "PALETTE",

@@ -9,22 +9,8 @@ from labkit import stats
 from labkit.errors import ConfigError
 from labkit.plots.style import PALETTE, _new_figure, _records
 
-__all__ = ["HOP_LABELS", "plot_hops"]
+__all__ = ["plot_hops"]
 
-#: What each hop is, as the figure's axes name it.
-HOP_LABELS = {
-    "send_lag": "client: intended -> actual send",
-    "to_ingress": "send -> ingress (proxy) receives",
-    "routing": "ingress -> replica (router, handle calls)",
-    "coordinator_wait": "waiting for a gate slot",
-    "replica": "replica -> engine submit",
-    "engine_first": "engine: submit -> first token",
-    "engine_queue": "engine: queued before scheduled",
-    "first_return": "first token: replica -> client",
-    "decode": "engine: first -> last token",
-    "last_return": "last token: replica -> client",
-    "chunk_return": "every chunk: replica flush -> client",
-}
 
 
 def _hop_values(data: Any, offsets: Mapping[str, float] | None) -> dict[str, list[float]]:
@@ -92,7 +78,7 @@ def plot_hops(
             )
         ax.set_xscale("log")
         ax.set_ylabel("count")
-        ax.set_title(HOP_LABELS.get(hop, hop), fontsize=9, loc="left")
+        ax.set_title(stats.HOP_LABELS.get(hop, hop), fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel("milliseconds (log scale; values <= 0 drawn at the left edge)")
     if title:

@@ -49,7 +49,7 @@ from labkit.stats.distribution import (
     percentile_supported,
     percentiles,
 )
-from labkit.stats.hops import HOPS, TTFT_HOPS, hop_breakdown, hop_times
+from labkit.stats.hops import HOP_LABELS, HOPS, TTFT_HOPS, hop_breakdown, hop_times
 from labkit.stats.latency import METRICS, LatencySummary, latency_values, summarize_latencies
 from labkit.stats.run import SLO_KEYS as SLO_KEYS
 from labkit.stats.run import RunSummary, decompose_latency, load_balance_index, share_by, summarize_run
@@ -57,6 +57,7 @@ from labkit.stats.run import RunSummary, decompose_latency, load_balance_index, 
 __all__ = [
     "DEFAULT_PERCENTILES",
     "HOPS",
+    "HOP_LABELS",
     "METRICS",
     "LatencySummary",
     "RunSummary",

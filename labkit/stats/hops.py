@@ -39,12 +39,27 @@ from typing import Any
 from labkit.contracts import RequestRecord
 from labkit.stats.distribution import percentile_supported, percentiles
 
-__all__ = ["HOPS", "TTFT_HOPS", "hop_breakdown", "hop_times"]
+__all__ = ["HOPS", "HOP_LABELS", "TTFT_HOPS", "hop_breakdown", "hop_times"]
 
 #: Hops whose sum is the time to first token from the intended send.
 TTFT_HOPS = ("send_lag", "to_ingress", "routing", "coordinator_wait", "replica", "engine_first", "first_return")
 #: Every hop :func:`hop_breakdown` reports, in the request's order.
 HOPS = (*TTFT_HOPS[:-1], "engine_queue", "first_return", "decode", "last_return", "chunk_return")
+
+#: What each hop is, as the figure's axes name it.
+HOP_LABELS = {
+    "send_lag": "client: intended -> actual send",
+    "to_ingress": "send -> ingress (proxy) receives",
+    "routing": "ingress -> replica (router, handle calls)",
+    "coordinator_wait": "waiting for a gate slot",
+    "replica": "replica -> engine submit",
+    "engine_first": "engine: submit -> first token",
+    "engine_queue": "engine: queued before scheduled",
+    "first_return": "first token: replica -> client",
+    "decode": "engine: first -> last token",
+    "last_return": "last token: replica -> client",
+    "chunk_return": "every chunk: replica flush -> client",
+}
 
 
 def hop_times(record: RequestRecord, offsets: Mapping[str, float] | None = None) -> dict[str, Any]:
