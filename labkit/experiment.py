@@ -31,6 +31,7 @@ __all__ = [
     "TopologyRun",
     "compare_decode",
     "compare_topologies",
+    "describe_serve_overhead",
     "load_panel",
     "measure_decode",
     "run_regimes",
@@ -877,3 +878,112 @@ def load_panel(
     panel = widgets.VBox([widgets.HBox([door, rate, duration, button]), status, output])
     panel.add_class("labkit-load-panel")
     return panel
+
+
+# -- Serve's own knobs, measured by benchmarks/bench_serve_overhead.py ------------------------------
+#: What each topology of the overhead benchmark changes, in one clause.
+SERVE_KNOBS = {
+    "distributed": "a Serve HTTP proxy on every node (proxy_location='EveryNode'), the default",
+    "head-proxy": "one proxy, on the head (proxy_location='HeadOnly'): every request enters through one process",
+    "gated": "the head's proxy plus the kit's coordinator in front, with as many slots as the engine "
+    "(coordinator=True): one more process and one more handle call on the path, but no queue",
+    "direct-ingress": "Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1, "
+    "throughput_optimized=True): no proxy, the client connects to the replica's own HTTP server, "
+    "gRPC between deployments",
+}
+OVERHEAD_RESULT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "serve_overhead.json"
+
+
+def describe_serve_overhead(result: Mapping[str, Any] | str | Path | None = None) -> list[str]:
+    """One sentence per Serve topology, with its measured cost against vLLM alone.
+
+    Parameters
+    ----------
+    result : mapping, path or None
+        The JSON of ``benchmarks/bench_serve_overhead.py`` (default: the one in the kit's checkout).
+
+    Returns
+    -------
+    list of str
+        A sentence per topology: what it changes, its TTFT p50 and e2e p99 as multiples of vLLM
+        alone at each rate, and its two hops through Serve against the default topology's. A first
+        sentence says where and when the numbers were measured; without a result file, one sentence
+        that says so.
+    """
+    import json
+
+    if result is None or isinstance(result, (str, Path)):
+        path = Path(result) if result is not None else OVERHEAD_RESULT
+        if not path.is_file():
+            return [f"No overhead benchmark result at {path.name}: run benchmarks/bench_serve_overhead.py."]
+        loaded: Mapping[str, Any] = json.loads(path.read_text())
+    else:
+        loaded = result
+    result = loaded
+    topologies = result.get("topologies") or {}
+    hops = result.get("hop_p50_s") or {}
+    rates = [str(r) for r in result.get("rates_rps") or []]
+    out = [
+        f"Measured by bench_serve_overhead.py ({result.get('when', 'date unknown')}): one replica of the tiny "
+        f"model, {result.get('max_tokens')}-token streamed answers, {result.get('duration_s'):g} s of Poisson "
+        "arrivals per rate, each topology run back to back with vLLM's own server on the same engine settings."
+    ]
+
+    def ratios(name: str, key: str) -> str:
+        cells = topologies[name]["rates"]
+        values = [cells[r]["ratio"].get(key) for r in rates if r in cells]
+        return "/".join("n/a" if v is None else f"{v:.2f}x" for v in values)
+
+    def mid_hop(name: str, hop: str) -> float | None:
+        per_rate = hops.get(name) or {}
+        mid = rates[len(rates) // 2] if rates else None
+        value = (per_rate.get(mid) or {}).get(hop) if mid else None
+        return None if value is None else float(value)
+
+    at = "/".join(f"{float(r):g}" for r in rates)
+    for name in topologies:
+        what = SERVE_KNOBS.get(name, name)
+        text = (
+            f"{name}: {what}. Against vLLM alone at {at} req/s: TTFT p50 {ratios(name, 'ttft_p50')}, "
+            f"e2e p99 {ratios(name, 'e2e_p99')}."
+        )
+        parts = []
+        for hop, label in (("routing", "ingress -> replica"), ("chunk_return", "each chunk back to the client")):
+            mine, base = mid_hop(name, hop), mid_hop("distributed", hop)
+            if mine is None:
+                continue
+            if name == "distributed" or base is None:
+                parts.append(f"{label} {mine * 1000:.2f} ms")
+            else:
+                parts.append(f"{label} {mine * 1000:.2f} ms (distributed: {base * 1000:.2f} ms)")
+        if parts and rates:
+            text += f" Hop p50 at {float(rates[len(rates) // 2]):g} req/s: " + ", ".join(parts) + "."
+        out.append(text)
+    scored: dict[str, tuple[float, float]] = {}
+    for name in topologies:
+        ttft_worst, e2e_worst = _worst_ratios(topologies[name]["rates"], rates)
+        if ttft_worst is not None and e2e_worst is not None:
+            scored[name] = (ttft_worst, e2e_worst)
+    if scored:
+        best = min(scored, key=lambda n: max(scored[n][0] / TTFT_TARGET, scored[n][1] / E2E_P99_TARGET))
+        ttft, e2e = scored[best]
+        met = ttft <= TTFT_TARGET and e2e <= E2E_P99_TARGET
+        out.append(
+            f"Closest to vLLM alone: {best}, at worst {ttft:.2f}x its TTFT p50 and {e2e:.2f}x its e2e p99 over "
+            f"these rates; the kit's target ({TTFT_TARGET:g}x and {E2E_P99_TARGET:g}x) is "
+            f"{'met' if met else 'not met'}."
+        )
+    return out
+
+
+#: The kit's targets for its best topology against vLLM alone (TTFT p50, e2e p99).
+TTFT_TARGET = 1.25
+E2E_P99_TARGET = 1.2
+
+
+def _worst_ratios(cells: Mapping[str, Any], rates: Sequence[str]) -> tuple[float | None, float | None]:
+    ttft = [cells[r]["ratio"].get("ttft_p50") for r in rates if r in cells]
+    e2e = [cells[r]["ratio"].get("e2e_p99") for r in rates if r in cells]
+    if not ttft or None in ttft or None in e2e:
+        return None, None
+    return max(ttft), max(e2e)

@@ -194,3 +194,44 @@ def test_compare_hops_says_nothing_grew_when_nothing_did_and_falls_back_to_a_sup
     assert comparison.sentences() == ["b: no hop's p95 grew by 1 ms and 1.2x over a's."]
     with pytest.raises(ValueError, match="baseline='c' is not one of the runs"):
         compare_hops({"a": _run(5)}, baseline="c")
+
+
+def _overhead(ttft: dict[str, float], e2e: dict[str, float]) -> dict:
+    def cells(name: str) -> dict:
+        return {r: {"ratio": {"ttft_p50": ttft[name], "e2e_p99": e2e[name]}} for r in ("2.0", "5.0")}
+
+    return {
+        "when": "2026-12-01T22:00:00Z",
+        "max_tokens": 32,
+        "duration_s": 15.0,
+        "rates_rps": [2.0, 5.0],
+        "topologies": {name: {"rates": cells(name)} for name in ttft},
+        "hop_p50_s": {"distributed": {"5.0": {"routing": 0.0068}}, "direct-ingress": {"5.0": {"routing": 0.0004}}},
+    }
+
+
+def test_overhead_sentences_follow_the_numbers_whichever_way_they_point():
+    from labkit.experiment import describe_serve_overhead
+
+    good = describe_serve_overhead(
+        _overhead({"distributed": 2.5, "direct-ingress": 1.1}, {"distributed": 2.0, "direct-ingress": 1.05})
+    )
+    assert good[0].startswith("Measured by bench_serve_overhead.py (2026-12-01T22:00:00Z)")
+    assert "direct-ingress: Serve's throughput-optimized mode" in good[2]
+    assert "TTFT p50 1.10x/1.10x, e2e p99 1.05x/1.05x" in good[2]
+    assert "ingress -> replica 0.40 ms (distributed: 6.80 ms)" in good[2]
+    assert good[-1].endswith("Closest to vLLM alone: direct-ingress, at worst 1.10x its TTFT p50 and 1.05x its e2e p99 "
+                             "over these rates; the kit's target (1.25x and 1.2x) is met.")
+    bad = describe_serve_overhead(
+        _overhead({"distributed": 1.4, "direct-ingress": 1.6}, {"distributed": 1.3, "direct-ingress": 1.1})
+    )
+    assert bad[-1].startswith("Closest to vLLM alone: distributed, at worst 1.40x")
+    assert bad[-1].endswith("is not met.")
+
+
+def test_overhead_sentences_without_a_result_say_so(tmp_path):
+    from labkit.experiment import describe_serve_overhead
+
+    assert describe_serve_overhead(tmp_path / "none.json") == [
+        "No overhead benchmark result at none.json: run benchmarks/bench_serve_overhead.py."
+    ]
