@@ -15,7 +15,7 @@ from _wait import until
 
 # Order of test groups: fast unit tests, then tests with their own clusters, then the shared one.
 _OWN_CLUSTER_FILES = ("test_cluster.py", "test_notebooks.py", "test_browser.py", "test_cli_run.py")
-_SHARED_CLUSTER_FILES = ("test_serve_live.py", "test_experiment.py", "test_faults.py")
+_SHARED_CLUSTER_FILES = ("test_serve_live.py", "test_experiment.py", "test_faults.py", "test_serve_modes.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -180,7 +180,7 @@ def test_compare_hops_names_the_gate_when_the_wait_grew_and_the_engine_when_it_d
     assert comparison.largest_growth("gated")[0] == "coordinator_wait"
     assert comparison.largest_growth("engine-bound")[0] == "engine_first"
     gated, engine = comparison.sentences()
-    assert gated.startswith("gated: the hop that grew most at p99 is 'waiting for a gate slot' (before or after the engine")
+    assert gated.startswith("gated: the hop that grew most at p99 is 'waiting for a gate slot' (before or after")
     assert "'engine: submit -> first token' went 200.0 ms -> 200.0 ms" in gated
     assert engine.startswith("engine-bound: the hop that grew most at p99 is 'engine: submit -> first token' (inside")
     assert "| waiting for a gate slot | 0.6 ms | 300.6 ms | 0.6 ms |" in comparison.to_markdown()
@@ -220,8 +220,10 @@ def test_overhead_sentences_follow_the_numbers_whichever_way_they_point():
     assert "direct-ingress: Serve's throughput-optimized mode" in good[2]
     assert "TTFT p50 1.10x/1.10x, e2e p99 1.05x/1.05x" in good[2]
     assert "ingress -> replica 0.40 ms (distributed: 6.80 ms)" in good[2]
-    assert good[-1].endswith("Closest to vLLM alone: direct-ingress, at worst 1.10x its TTFT p50 and 1.05x its e2e p99 "
-                             "over these rates; the kit's target (1.25x and 1.2x) is met.")
+    assert good[-1].endswith(
+        "Closest to vLLM alone: direct-ingress, at worst 1.10x its TTFT p50 and 1.05x its e2e p99 "
+        "over these rates; the kit's target (1.25x and 1.2x) is met."
+    )
     bad = describe_serve_overhead(
         _overhead({"distributed": 1.4, "direct-ingress": 1.6}, {"distributed": 1.3, "direct-ingress": 1.1})
     )

@@ -12,7 +12,6 @@ from labkit.plots.style import PALETTE, _new_figure, _records
 __all__ = ["plot_hops"]
 
 
-
 def _hop_values(data: Any, offsets: Mapping[str, float] | None) -> dict[str, list[float]]:
     if isinstance(data, Mapping):
         return {hop: list(v) for hop, v in data.items()}
