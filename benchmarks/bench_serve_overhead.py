@@ -15,6 +15,10 @@ kit's embedded 2-node cluster deploys one topology after the other (one replica 
 - ``direct-ingress``: Serve's throughput-optimized mode, no proxy: the client connects to the
   replica's own HTTP server.
 
+A name with ``+nice0`` (``distributed+nice0``) runs that topology on a cluster whose Ray workers
+(proxies, replicas, engines) run at niceness 0 (``worker_niceness=0``) instead of Ray's default 15,
+the priority vLLM alone and the load generator have.
+
 For every topology and rate the same Poisson schedule (same seed), streamed, ``ignore_eos``, is sent
 to vLLM alone and then to the kit, back to back: each ratio kit / vLLM comes from one pair measured a
 minute apart at most. The kit's records carry the hop stamps; their p50 per hop is reported too.
@@ -93,6 +97,7 @@ def _vllm_server(model_dir: Path, name: str, port: int) -> subprocess.Popen:
 def _config(name: str) -> Any:
     import labkit
 
+    name = name.split("+", 1)[0]
     extra = {"coordinator_max_concurrency": 32} if name == "gated" else {}
     return labkit.topology_preset(name, num_replicas=1, **extra)
 
@@ -107,9 +112,7 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     topologies = args.topologies.split(",")
 
-    import labkit
     from labkit.models import TINY_MODEL_NAME, make_tiny_model
-    from labkit.stats import hop_breakdown
 
     port = 8123
     server = _vllm_server(make_tiny_model(), TINY_MODEL_NAME, port)
@@ -119,27 +122,55 @@ def main() -> None:
     hop_values: dict[str, dict[str, list[float]]] = {}
     try:
         _wait_http(f"{vllm_url}/v1/models", 300)
-        with labkit.start_cluster(num_nodes=2):
-            for name in topologies:
-                deployment = labkit.deploy(_config(name))
-                offsets = labkit.measure_clock_offsets(deployment.url)
-                rows[name] = {"deploy_s": deployment.deploy_s, "url_kind": name, "clock": offsets, "rates": {}}
-                hops[name] = {}
-                for rate in rates:
-                    alone, _ = _drive(vllm_url, TINY_MODEL_NAME, rate, args.duration, args.max_tokens)
-                    served = deployment.served_model_name
-                    kit, records = _drive(deployment.url, served, rate, args.duration, args.max_tokens)
-                    ratio = {k: (kit[k] / alone[k]) if alone[k] else None for k in KEYS}
-                    rows[name]["rates"][str(rate)] = {"vllm_alone": alone, "kit": kit, "ratio": ratio}
-                    breakdown = hop_breakdown(records, offsets=offsets["offsets"])
-                    hops[name][str(rate)] = {h: v["p50"] for h, v in breakdown.items()}
-                    if rate == rates[len(rates) // 2]:
-                        hop_values[name] = {h: v["values"] for h, v in breakdown.items()}
-                    print(name, rate, {k: None if v is None else round(v, 2) for k, v in ratio.items()}, flush=True)
-                deployment.shutdown()
+        for niceness in dict.fromkeys(0 if n.endswith("+nice0") else None for n in topologies):
+            group = [n for n in topologies if (0 if n.endswith("+nice0") else None) == niceness]
+            _run_group(group, niceness, rates, args, vllm_url, rows, hops, hop_values)
     finally:
         server.terminate()
         server.wait(timeout=60)
+    _write(rates, args, rows, hops, hop_values)
+
+
+def _run_group(
+    topologies: list[str],
+    niceness: int | None,
+    rates: list[float],
+    args: Any,
+    vllm_url: str,
+    rows: dict,
+    hops: dict,
+    hop_values: dict,
+) -> None:
+    import labkit
+    from labkit.models import TINY_MODEL_NAME
+    from labkit.stats import hop_breakdown
+
+    with labkit.start_cluster(num_nodes=2, worker_niceness=niceness):
+        for name in topologies:
+            deployment = labkit.deploy(_config(name))
+            offsets = labkit.measure_clock_offsets(deployment.url)
+            rows[name] = {
+                "deploy_s": deployment.deploy_s,
+                "worker_niceness": 15 if niceness is None else niceness,
+                "clock": offsets,
+                "rates": {},
+            }
+            hops[name] = {}
+            for rate in rates:
+                alone, _ = _drive(vllm_url, TINY_MODEL_NAME, rate, args.duration, args.max_tokens)
+                served = deployment.served_model_name
+                kit, records = _drive(deployment.url, served, rate, args.duration, args.max_tokens)
+                ratio = {k: (kit[k] / alone[k]) if alone[k] else None for k in KEYS}
+                rows[name]["rates"][str(rate)] = {"vllm_alone": alone, "kit": kit, "ratio": ratio}
+                breakdown = hop_breakdown(records, offsets=offsets["offsets"])
+                hops[name][str(rate)] = {h: v["p50"] for h, v in breakdown.items()}
+                if rate == rates[len(rates) // 2]:
+                    hop_values[name] = {h: v["values"] for h, v in breakdown.items()}
+                print(name, rate, {k: None if v is None else round(v, 2) for k, v in ratio.items()}, flush=True)
+            deployment.shutdown()
+
+
+def _write(rates: list[float], args: Any, rows: dict, hops: dict, hop_values: dict) -> None:
     result = {
         "rates_rps": rates,
         "duration_s": args.duration,

@@ -93,7 +93,10 @@ class RequestRecord:
     router and coordinator), ``coordinator_wait_s`` (waiting for a gating coordinator slot),
     ``replica_wait_s`` (replica arrival -> engine submit), ``engine_queue_s`` (inside the
     engine before it is scheduled), ``engine_ttft_s`` (engine submit -> first token),
-    ``engine_total_s`` (engine submit -> last token).
+    ``engine_total_s`` (engine submit -> last token). Hop stamps, seconds after the client's send
+    on the stamping host's clock (see :mod:`labkit.stats.hops`): ``proxy_at_s`` (the HTTP ingress
+    received it), ``coordinator_at_s``, ``replica_at_s``, ``submit_at_s``, ``first_token_at_s``,
+    ``last_token_at_s``; ``extra["chunks_at_s"]`` lists each text chunk's flush at the replica.
 
     ``itl_s`` holds every gap between two stream events that carried text. ``timeout_s`` is
     the request's time-out budget (what a failure counts as in latency percentiles, see

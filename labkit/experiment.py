@@ -942,7 +942,13 @@ def describe_serve_overhead(result: Mapping[str, Any] | str | Path | None = None
 
     at = "/".join(f"{float(r):g}" for r in rates)
     for name in topologies:
-        what = SERVE_KNOBS.get(name, name)
+        base_name, _, variant = name.partition("+")
+        what = SERVE_KNOBS.get(base_name, base_name)
+        if variant == "nice0":
+            what += (
+                ", with Ray's worker processes (proxies, replicas, engines) at niceness 0 "
+                "(ClusterConfig.worker_niceness=0) instead of Ray's default 15, the priority vLLM alone has"
+            )
         text = (
             f"{name}: {what}. Against vLLM alone at {at} req/s: TTFT p50 {ratios(name, 'ttft_p50')}, "
             f"e2e p99 {ratios(name, 'e2e_p99')}."

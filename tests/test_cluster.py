@@ -22,6 +22,8 @@ _START_TIMEOUT_S = 300.0
         ({"gpu_mode": "virtual"}, "gpu_mode", "Available: ['logical', 'physical']"),
         ({"gpus_per_node": 2, "gpu_mode": "physical"}, "gpus_per_node", "this machine has 0"),
         ({"object_store_mb_per_node": 10}, "object_store_mb_per_node", "minimum"),
+        ({"worker_niceness": 20}, "worker_niceness", "worker_niceness=20 must be a whole number in 0..19"),
+        ({"worker_niceness": -5}, "worker_niceness", "0..19"),
     ],
 )
 def test_bad_cluster_config_is_refused_before_start(overrides, field, words):
@@ -73,10 +75,16 @@ def test_teardown_after_exception_leaves_no_ray_process():
     marker = None
     with (
         pytest.raises(RuntimeError, match="boom"),
-        start_cluster(num_nodes=2, start_timeout_s=_START_TIMEOUT_S) as handle,
+        start_cluster(num_nodes=2, start_timeout_s=_START_TIMEOUT_S, worker_niceness=0) as handle,
     ):
         marker = handle._session_marker()
         assert len(handle.nodes()) == 2
+        import os
+
+        import ray
+
+        # worker_niceness reaches the processes Ray starts (Ray's own default is 15)
+        assert ray.get(ray.remote(lambda: os.nice(0)).remote(), timeout=120) == 0
         raise RuntimeError("boom")
     # stop() kills what outlives its grace period; a process just killed may take a moment to go
     until(lambda: find_ray_processes(marker) == [], "no Ray process of the cluster left", 120)

@@ -224,6 +224,9 @@ def test_overhead_sentences_follow_the_numbers_whichever_way_they_point():
         "Closest to vLLM alone: direct-ingress, at worst 1.10x its TTFT p50 and 1.05x its e2e p99 "
         "over these rates; the kit's target (1.25x and 1.2x) is met."
     )
+    nice = describe_serve_overhead(_overhead({"distributed+nice0": 1.3}, {"distributed+nice0": 1.1}))
+    assert "distributed+nice0: a Serve HTTP proxy on every node" in nice[1]
+    assert "at niceness 0 (ClusterConfig.worker_niceness=0) instead of Ray's default 15" in nice[1]
     bad = describe_serve_overhead(
         _overhead({"distributed": 1.4, "direct-ingress": 1.6}, {"distributed": 1.3, "direct-ingress": 1.1})
     )

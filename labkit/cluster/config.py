@@ -49,6 +49,11 @@ class ClusterConfig:
         Ray's session folder root; default ``$TMPDIR/labkit-ray``.
     start_timeout_s : float
         How long to wait for every node to register.
+    worker_niceness : int or None
+        Scheduling priority (``nice``, 0..19) of Ray's worker processes: the Serve proxies, replicas and
+        their vLLM engines. None keeps Ray's default, 15: below everything else on the machine, the load
+        generator and Ray's own raylets and GCS included. 0 runs them at the priority of an ordinary
+        program, as vLLM alone runs.
     """
 
     num_nodes: int = 3
@@ -62,6 +67,7 @@ class ClusterConfig:
     include_dashboard: bool = False
     temp_dir: str | None = None
     start_timeout_s: float = 60.0
+    worker_niceness: int | None = None
 
     def worker_gpus(self) -> list[int]:
         """Return the GPU count of each worker node."""
@@ -90,6 +96,14 @@ class ClusterConfig:
                 "(2 lets a CPU replica keep TP 2 inside a node)."
             )
             raise ConfigError(msg, field="cpu_devices_per_node", value=self.cpu_devices_per_node)
+        if self.worker_niceness is not None and (
+            not isinstance(self.worker_niceness, int) or not 0 <= self.worker_niceness <= 19
+        ):
+            msg = (
+                f"worker_niceness={self.worker_niceness!r} must be a whole number in 0..19 "
+                "(0: an ordinary program's priority; None: Ray's default, 15)."
+            )
+            raise ConfigError(msg, field="worker_niceness", value=self.worker_niceness)
         if self.gpu_mode not in ("logical", "physical"):
             msg = f"gpu_mode={self.gpu_mode!r} is unknown. Available: ['logical', 'physical']"
             raise ConfigError(msg, field="gpu_mode", value=self.gpu_mode)

@@ -41,6 +41,13 @@ __all__ = ["connect_cluster", "start_cluster"]
 _EMBEDDED_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
 
 
+def _node_env(config: ClusterConfig) -> dict[str, str]:
+    env = dict(_EMBEDDED_ENV)
+    if config.worker_niceness is not None:
+        env["RAY_worker_niceness"] = str(config.worker_niceness)  # the raylet starts its workers at it
+    return env
+
+
 def _check_memory(config: ClusterConfig) -> None:
     import psutil
 
@@ -108,7 +115,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
         "object_store_memory": config.object_store_mb_per_node * 1024**2,
         "resources": {COORDINATOR_RESOURCE: 1.0, "labkit_node_head": 1.0},
         "labels": {NODE_LABEL: "head"},
-        "env_vars": dict(_EMBEDDED_ENV),
+        "env_vars": _node_env(config),
         "include_dashboard": config.include_dashboard,
         "temp_dir": temp_root,
     }
@@ -135,7 +142,7 @@ def start_cluster(config: ClusterConfig | None = None, **overrides: Any) -> Clus
                 # vLLM checks that the ranks of one replica on different nodes have different IP
                 # addresses; the nodes of the embedded cluster share a host, so each worker gets its own
                 # loopback address (labkit/serve/cpu_ray.py).
-                "env_vars": {**_EMBEDDED_ENV, "VLLM_HOST_IP": worker_host_ip(i)},
+                "env_vars": {**_node_env(config), "VLLM_HOST_IP": worker_host_ip(i)},
             }
             if config.memory_gb_per_node:
                 args["memory"] = int(config.memory_gb_per_node * _GIB)
