@@ -81,6 +81,23 @@ def _drive(url: str, model: str, rate: float, duration_s: float, max_tokens: int
     return row, result.records
 
 
+def _split(records: list, offsets: dict) -> dict[str, float | None]:
+    """p50 of each request's TTFT (from its actual send) split in two: the engine's part and the rest."""
+    from labkit.stats import hop_times, percentiles
+
+    engine, path = [], []
+    for record in records:
+        if record.warmup:
+            continue
+        hops = hop_times(record, offsets)
+        if "engine_first" in hops and "first_return" in hops:
+            engine.append(hops["engine_first"])
+            path.append(record.ttft_uncorrected_s - hops["engine_first"])
+    if not engine:
+        return {"engine_first": None, "serve_path": None}
+    return {"engine_first": percentiles(engine, [50])["p50"], "serve_path": percentiles(path, [50])["p50"]}
+
+
 def _vllm_server(model_dir: Path, name: str, port: int) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -163,6 +180,7 @@ def _run_group(
                 ratio = {k: (kit[k] / alone[k]) if alone[k] else None for k in KEYS}
                 rows[name]["rates"][str(rate)] = {"vllm_alone": alone, "kit": kit, "ratio": ratio}
                 breakdown = hop_breakdown(records, offsets=offsets["offsets"])
+                rows[name]["rates"][str(rate)]["split_p50_s"] = _split(records, offsets["offsets"])
                 hops[name][str(rate)] = {h: v["p50"] for h, v in breakdown.items()}
                 if rate == rates[len(rates) // 2]:
                     hop_values[name] = {h: v["values"] for h, v in breakdown.items()}
@@ -190,13 +208,21 @@ def _write(rates: list[float], args: Any, rows: dict, hops: dict, hop_values: di
 
 
 def _table(result: dict[str, Any]) -> str:
-    lines = ["| topology | req/s | TTFT p50 | TTFT p99 | e2e p50 | e2e p99 |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| topology | req/s | TTFT p50 | TTFT p99 | e2e p50 | e2e p99 | kit TTFT p50: Serve path + engine |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in result["topologies"].items():
         for rate, cell in row["rates"].items():
             parts = []
             for k in KEYS:
                 kit, alone, ratio = cell["kit"][k], cell["vllm_alone"][k], cell["ratio"][k]
                 parts.append(f"{kit * 1000:.1f} / {alone * 1000:.1f} ms (x{ratio:.2f})" if ratio else "n/a")
+            split = cell.get("split_p50_s") or {}
+            if split.get("serve_path") is not None and split.get("engine_first") is not None:
+                parts.append(f"{split['serve_path'] * 1000:.1f} + {split['engine_first'] * 1000:.1f} ms")
+            else:
+                parts.append("n/a")
             lines.append(f"| {name} | {float(rate):g} | " + " | ".join(parts) + " |")
     return "\n".join(lines)
 
