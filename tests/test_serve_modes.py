@@ -37,7 +37,8 @@ def _check_hops(records: list, *, coordinator: bool) -> None:
         assert abs(sum(hops[h] for h in TTFT_HOPS) - r.ttft_s) < 1e-5
         assert "proxy_at_s" in r.server  # the ingress's HTTP server stamped it
         assert ("coordinator_at_s" in r.server) == coordinator
-        assert len(hops["chunk_return"]) == len(r.itl_s) + 1 == r.output_tokens
+        # a stamp per text chunk the client saw (the engine may put two tokens in one chunk)
+        assert len(hops["chunk_return"]) == len(r.itl_s) + 1 <= r.output_tokens
 
 
 def test_every_hop_is_stamped_through_the_proxies_and_through_the_gate(lab_cluster, lab_deployment):

@@ -159,7 +159,8 @@ class LLMServer:
             return
         if route.endswith("/healthz") or route.endswith("/health"):
             yield {"status": 200, "headers": base_headers, "media_type": "application/json"}
-            yield json.dumps({"status": "ok", "now": time.time(), **self.engine_stats()}).encode()
+            health = {"status": "ok", "now": time.time(), "node_id": self.node_id, **self.engine_stats()}
+            yield json.dumps(health).encode()
             return
         kind = (
             "chat"
