@@ -1,6 +1,6 @@
 """The kit's Serve topologies against vLLM's own OpenAI server, side by side, hop by hop.
 
-Run: .venv/bin/python benchmarks/bench_serve_overhead.py [--rates 2,5,10] [--duration 15]
+Run: .venv/bin/python benchmarks/bench_serve_overhead.py [--rates 2,5,10] [--requests 100]
      [--topologies distributed,head-proxy,gated,direct-ingress]
 
 Writes benchmarks/results/serve_overhead.json and serve_overhead_hops.png. One engine on each side,
@@ -51,7 +51,7 @@ def _wait_http(url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
-def _drive(url: str, model: str, rate: float, duration_s: float, max_tokens: int) -> tuple[dict, Any]:
+def _drive(url: str, model: str, rate: float, requests: int, max_tokens: int) -> tuple[dict, Any]:
     from labkit.load import LoadConfig, run_load
 
     config = LoadConfig(
@@ -59,7 +59,8 @@ def _drive(url: str, model: str, rate: float, duration_s: float, max_tokens: int
         model=model,
         arrival="poisson",
         rate_rps=rate,
-        duration_s=duration_s,
+        num_requests=requests,
+        duration_s=3.0 * requests / rate,  # a cap: the run ends after `requests` measured requests
         max_tokens=max_tokens,
         ignore_eos=True,
         temperature=0.0,
@@ -122,7 +123,7 @@ def _config(name: str) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="2,5,10")
-    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--requests", type=int, default=100, help="measured requests per rate and side (p99 needs 100)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--topologies", default="distributed,head-proxy,gated,direct-ingress")
     args = parser.parse_args()
@@ -174,9 +175,9 @@ def _run_group(
             }
             hops[name] = {}
             for rate in rates:
-                alone, _ = _drive(vllm_url, TINY_MODEL_NAME, rate, args.duration, args.max_tokens)
+                alone, _ = _drive(vllm_url, TINY_MODEL_NAME, rate, args.requests, args.max_tokens)
                 served = deployment.served_model_name
-                kit, records = _drive(deployment.url, served, rate, args.duration, args.max_tokens)
+                kit, records = _drive(deployment.url, served, rate, args.requests, args.max_tokens)
                 ratio = {k: (kit[k] / alone[k]) if alone[k] else None for k in KEYS}
                 rows[name]["rates"][str(rate)] = {"vllm_alone": alone, "kit": kit, "ratio": ratio}
                 breakdown = hop_breakdown(records, offsets=offsets["offsets"])
@@ -191,7 +192,7 @@ def _run_group(
 def _write(rates: list[float], args: Any, rows: dict, hops: dict, hop_values: dict) -> None:
     result = {
         "rates_rps": rates,
-        "duration_s": args.duration,
+        "requests_per_rate": args.requests,
         "max_tokens": args.max_tokens,
         "topologies": rows,
         "hop_p50_s": hops,

@@ -925,8 +925,8 @@ def describe_serve_overhead(result: Mapping[str, Any] | str | Path | None = None
     rates = [str(r) for r in result.get("rates_rps") or []]
     out = [
         f"Measured by bench_serve_overhead.py ({result.get('when', 'date unknown')}): one replica of the tiny "
-        f"model, {result.get('max_tokens')}-token streamed answers, {result.get('duration_s'):g} s of Poisson "
-        "arrivals per rate, each topology run back to back with vLLM's own server on the same engine settings."
+        f"model, {result.get('max_tokens')}-token streamed answers, {_per_rate(result)} of Poisson arrivals per "
+        "rate, each topology run back to back with vLLM's own server on the same engine settings."
     ]
 
     def ratios(name: str, key: str) -> str:
@@ -980,6 +980,12 @@ def describe_serve_overhead(result: Mapping[str, Any] | str | Path | None = None
             f"{'met' if met else 'not met'}."
         )
     return out
+
+
+def _per_rate(result: Mapping[str, Any]) -> str:
+    if result.get("requests_per_rate"):
+        return f"{result['requests_per_rate']} requests"
+    return f"{result.get('duration_s', 0):g} s"
 
 
 #: The kit's targets for its best topology against vLLM alone (TTFT p50, e2e p99).
