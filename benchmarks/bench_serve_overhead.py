@@ -83,10 +83,14 @@ def _drive(url: str, model: str, rate: float, requests: int, max_tokens: int) ->
 
 
 def _split(records: list, offsets: dict) -> dict[str, float | None]:
-    """p50 of each request's TTFT (from its actual send) split in two: the engine's part and the rest."""
-    from labkit.stats import hop_times, percentiles
+    """Each request's TTFT and e2e (from its actual send) split in two: the engine's part and Serve's path.
 
-    engine, path = [], []
+    ``engine_first`` / ``serve_path``: p50 of the TTFT's parts; ``engine_total_p99`` / ``e2e_path_p99``:
+    p99 of the engine's whole time (submit -> last token at the replica) and of the rest of the e2e.
+    """
+    from labkit.stats import hop_times, percentile_supported, percentiles
+
+    engine, path, engine_total, e2e_path = [], [], [], []
     for record in records:
         if record.warmup:
             continue
@@ -94,9 +98,17 @@ def _split(records: list, offsets: dict) -> dict[str, float | None]:
         if "engine_first" in hops and "first_return" in hops:
             engine.append(hops["engine_first"])
             path.append(record.ttft_uncorrected_s - hops["engine_first"])
-    if not engine:
-        return {"engine_first": None, "serve_path": None}
-    return {"engine_first": percentiles(engine, [50])["p50"], "serve_path": percentiles(path, [50])["p50"]}
+        if "engine_first" in hops and "decode" in hops:
+            total = hops["engine_first"] + hops["decode"]
+            engine_total.append(total)
+            e2e_path.append(record.e2e_uncorrected_s - total)
+    out: dict[str, float | None] = {"engine_first": None, "serve_path": None}
+    if engine:
+        out = {"engine_first": percentiles(engine, [50])["p50"], "serve_path": percentiles(path, [50])["p50"]}
+    if engine_total and percentile_supported(99, len(engine_total)):
+        out["engine_total_p99"] = percentiles(engine_total, [99])["p99"]
+        out["e2e_path_p99"] = percentiles(e2e_path, [99])["p99"]
+    return out
 
 
 def _vllm_server(model_dir: Path, name: str, port: int) -> subprocess.Popen:
@@ -126,6 +138,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="measured requests per rate and side (p99 needs 100)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--topologies", default="distributed,head-proxy,gated,direct-ingress")
+    parser.add_argument("--out", default="serve_overhead", help="result name under benchmarks/results/")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     topologies = args.topologies.split(",")
@@ -137,16 +150,17 @@ def main() -> None:
     vllm_url = f"http://127.0.0.1:{port}"
     rows: dict[str, dict[str, Any]] = {}
     hops: dict[str, dict[str, dict[str, float]]] = {}
+    hops_p99: dict[str, dict[str, dict[str, float | None]]] = {}
     hop_values: dict[str, dict[str, list[float]]] = {}
     try:
         _wait_http(f"{vllm_url}/v1/models", 300)
         for niceness in dict.fromkeys(0 if n.endswith("+nice0") else None for n in topologies):
             group = [n for n in topologies if (0 if n.endswith("+nice0") else None) == niceness]
-            _run_group(group, niceness, rates, args, vllm_url, rows, hops, hop_values)
+            _run_group(group, niceness, rates, args, vllm_url, rows, hops, hops_p99, hop_values)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    _write(rates, args, rows, hops, hop_values)
+    _write(rates, args, rows, hops, hops_p99, hop_values)
 
 
 def _run_group(
@@ -157,6 +171,7 @@ def _run_group(
     vllm_url: str,
     rows: dict,
     hops: dict,
+    hops_p99: dict,
     hop_values: dict,
 ) -> None:
     import labkit
@@ -174,6 +189,7 @@ def _run_group(
                 "rates": {},
             }
             hops[name] = {}
+            hops_p99[name] = {}
             for rate in rates:
                 alone, _ = _drive(vllm_url, TINY_MODEL_NAME, rate, args.requests, args.max_tokens)
                 served = deployment.served_model_name
@@ -183,28 +199,30 @@ def _run_group(
                 breakdown = hop_breakdown(records, offsets=offsets["offsets"])
                 rows[name]["rates"][str(rate)]["split_p50_s"] = _split(records, offsets["offsets"])
                 hops[name][str(rate)] = {h: v["p50"] for h, v in breakdown.items()}
+                hops_p99[name][str(rate)] = {h: v.get("p99") for h, v in breakdown.items()}
                 if rate == rates[len(rates) // 2]:
                     hop_values[name] = {h: v["values"] for h, v in breakdown.items()}
                 print(name, rate, {k: None if v is None else round(v, 2) for k, v in ratio.items()}, flush=True)
             deployment.shutdown()
 
 
-def _write(rates: list[float], args: Any, rows: dict, hops: dict, hop_values: dict) -> None:
+def _write(rates: list[float], args: Any, rows: dict, hops: dict, hops_p99: dict, hop_values: dict) -> None:
     result = {
         "rates_rps": rates,
         "requests_per_rate": args.requests,
         "max_tokens": args.max_tokens,
         "topologies": rows,
         "hop_p50_s": hops,
+        "hop_p99_s": hops_p99,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serve_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     if hop_values:
         from labkit.plots import plot_hops
 
         fig = plot_hops(hop_values, title=f"hops at {rates[len(rates) // 2]:g} req/s, tiny model, one replica")
-        fig.savefig(RESULTS / "serve_overhead_hops.png", dpi=110, bbox_inches="tight")
+        fig.savefig(RESULTS / f"{args.out}_hops.png", dpi=110, bbox_inches="tight")
     print(_table(result))
 
 

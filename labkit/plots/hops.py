@@ -56,7 +56,8 @@ def plot_hops(
         msg = "No hop stamps in these runs: the kit's replicas add them (vLLM alone does not)."
         raise ConfigError(msg, field="runs", value=sorted(runs))
     np = stats.distribution._np()
-    fig, axes = _new_figure(len(wanted), figsize=(8.0, 1.35 * len(wanted) + 0.6))
+    outside = len(values) > 3  # many runs: the legend beside each axis, not over the bars
+    fig, axes = _new_figure(len(wanted), figsize=(11.0 if outside else 8.0, 1.35 * len(wanted) + 0.6))
     for ax, hop in zip(axes, wanted, strict=True):
         samples = [np.asarray(values[label].get(hop) or [], dtype=float) * 1000 for label in values]
         positive = np.concatenate([s[s > 0] for s in samples]) if samples else np.array([])
@@ -78,7 +79,10 @@ def plot_hops(
         ax.set_xscale("log")
         ax.set_ylabel("count")
         ax.set_title(stats.HOP_LABELS.get(hop, hop), fontsize=9, loc="left")
-        ax.legend(fontsize=7, loc="upper right")
+        if outside:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel("milliseconds (log scale; values <= 0 drawn at the left edge)")
     if title:
         fig.suptitle(title)

@@ -34,8 +34,9 @@ importing only those above it): :mod:`~labkit.serve.config` (:class:`ServeConfig
 and :mod:`~labkit.serve.deployment` (:func:`deploy`, :class:`Deployment`, :func:`post_json`,
 :func:`deploy_coordinator`, :func:`direct_ingress_url`, :func:`measure_clock_offsets`);
 :mod:`~labkit.serve.hops` runs in Serve's proxies (the arrival stamp of every request).
-Patch a name where it is looked up (``labkit.serve.deployment.plan_placement``), not here. Nothing here imports ray or vllm at
-import time; :mod:`labkit.serve._replica` loads only when an application is built.
+Patch a name where it is looked up (``labkit.serve.deployment.plan_placement``), not here. Nothing
+here imports ray or vllm at import time; :mod:`labkit.serve._replica` loads only when an
+application is built.
 """
 
 from __future__ import annotations
