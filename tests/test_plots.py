@@ -305,5 +305,7 @@ def test_hop_figure_has_one_row_per_hop_and_the_p50_of_each_run_in_its_legend():
     assert len(fig.axes) == 6  # to_ingress, routing, coordinator_wait, replica, engine_first, first_return
     legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert legend == ["door A: p50 3.00 ms (n=5)", "door B: p50 11.00 ms (n=2)"]
+    wait = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]  # no gate: every wait is 0
+    assert wait == ["door A: p50 0.00 ms (n=5, 5 at <= 0 not drawn)"]
     with pytest.raises(ConfigError, match="No hop stamps"):
         plot_hops({"vLLM alone": [RequestRecord(request_id="x", scheduled_s=0, sent_s=0, done_s=1)]})

@@ -60,7 +60,9 @@ def test_every_hop_is_stamped_through_the_proxies_and_through_the_gate(lab_clust
 
 
 def test_direct_ingress_answers_from_the_replica_without_a_proxy(lab_cluster, lab_deployment):
-    from labkit.serve import deploy, topology_preset
+    from ray import serve
+
+    from labkit.serve import deploy, deploy_coordinator, topology_preset
     from labkit.serve.metrics import serve_details
 
     proxy_port = int(serve_details()["http_options"]["port"])
@@ -76,5 +78,10 @@ def test_direct_ingress_answers_from_the_replica_without_a_proxy(lab_cluster, la
         records = _records(direct.url, direct.served_model_name)
         _check_hops(records, coordinator=False)
         assert {r.replica_id for r in records} == {direct.replicas[0]["replica_id"]}
+        # a coordinator in front is an ingress of its own: its own port, the replica behind it
+        gated = deploy_coordinator(direct, max_concurrency=2, name="direct-gated", route_prefix="/direct-gated")
+        assert gated.split(":")[-1].split("/")[0] not in (str(port), str(proxy_port))
+        _check_hops(_records(gated, direct.served_model_name), coordinator=True)
+        serve.delete("direct-gated")
     finally:
         direct.shutdown()

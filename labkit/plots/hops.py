@@ -68,14 +68,14 @@ def plot_hops(
             if ms.size == 0:
                 continue
             p50 = float(np.percentile(ms, 50))
-            ax.hist(
-                np.clip(ms, lo, hi),
-                bins=edges,
-                histtype="step",
-                linewidth=1.6,
-                color=PALETTE[i % len(PALETTE)],
-                label=f"{label}: p50 {p50:.2f} ms (n={ms.size})",
-            )
+            drawn = ms[ms > 0]  # a log axis has no 0: those are counted in the legend, not drawn
+            text = f"{label}: p50 {p50:.2f} ms (n={ms.size}"
+            text += f", {ms.size - drawn.size} at <= 0 not drawn)" if drawn.size < ms.size else ")"
+            colour = PALETTE[i % len(PALETTE)]
+            if drawn.size:
+                ax.hist(drawn, bins=edges, histtype="step", linewidth=1.6, color=colour, label=text)
+            else:
+                ax.plot([], [], color=colour, linewidth=1.6, label=text)
         ax.set_xscale("log")
         ax.set_ylabel("count")
         ax.set_title(stats.HOP_LABELS.get(hop, hop), fontsize=9, loc="left")
@@ -83,7 +83,7 @@ def plot_hops(
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         else:
             ax.legend(fontsize=7, loc="upper right")
-    axes[-1].set_xlabel("milliseconds (log scale; values <= 0 drawn at the left edge)")
+    axes[-1].set_xlabel("milliseconds (log scale)")
     if title:
         fig.suptitle(title)
     return fig

@@ -431,9 +431,11 @@ def deploy_coordinator(
     )
     serve.run(app, name=name, route_prefix=route_prefix)
     if deployment.config.throughput_optimized:
-        url = direct_ingress_url(name, deployment.config)
+        deadline = time.monotonic() + 60.0  # Serve lists the new replica's port once it has one
+        while (url := direct_ingress_url(name, deployment.config)) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
         if url is None:
-            msg = f"The gated door '{name}' runs but Serve lists no direct-ingress port for it yet."
+            msg = f"The gated door '{name}' runs but Serve listed no direct-ingress port for it within 60 s."
             raise DeploymentError(msg)
         return url
     prefix = deployment.config.route_prefix.rstrip("/")
