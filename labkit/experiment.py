@@ -137,6 +137,7 @@ def run_topology(
     timeout_s: float = 60.0,
     users: int | None = None,
     expected_replicas: int | None = None,
+    num_requests: int | None = None,
 ) -> TopologyRun:
     """Drive one door with open-loop load while recording telemetry; summarize and diagnose.
 
@@ -179,6 +180,9 @@ def run_topology(
         slots keep the engines full whatever their speed.
     expected_replicas : int, optional
         Replicas behind the door: one that served nothing then counts as a share of 0.
+    num_requests : int, optional
+        End after this many measured requests (or ``duration_s``, whichever comes first): a count
+        that does not depend on the machine's speed.
 
     Returns
     -------
@@ -203,6 +207,7 @@ def run_topology(
         rate_rps=None if users else rate_rps,
         users=users,
         duration_s=duration_s,
+        num_requests=num_requests,
         max_tokens=max_tokens,
         prompt_tokens=prompt_tokens,
         tokenizer=tokenizer,
