@@ -40,6 +40,20 @@ def test_compare_puts_kit_and_vllm_side_by_side_with_ratios():
     assert table["4rps"]["e2e_p99_s"]["ratio"] is None  # a missing number is no ratio, not a crash
 
 
+def test_compare_names_each_door_and_leaves_out_doors_not_run():
+    script = _script()
+    vllm = {"rows": {"vllm-2rps": _row(0.1, 100.0), "vllm-4rps": _row(0.1, 200.0)}}
+    kit = {"rows": {"direct-ingress-2rps": _row(0.11, 100.0), "direct-ingress-4rps": _row(0.12, 190.0)}}
+    table = script.compare(kit, vllm, list(RATES))
+    assert set(table) == {"direct-ingress-2rps", "direct-ingress-4rps"}  # no distributed rows: none run
+    assert table["direct-ingress-4rps"]["ttft_p50_s"]["ratio"] == pytest.approx(1.2)
+    kit["rows"]["distributed-2rps"] = _row(0.3, 100.0)
+    assert set(script.compare(kit, vllm, list(RATES))) == {"2rps", "direct-ingress-2rps", "direct-ingress-4rps"}
+    assert script.parse_args(["--out", "x"]).doors == ["distributed"]
+    assert script.parse_args(["--out", "x", "--doors", "distributed", "direct-ingress"]).doors == [
+        "distributed", "direct-ingress"]
+
+
 def _args(out: Path, **changes):
     argv = ["--phase", "vllm", "--gpus", "0", "--model", "tiny", "--tp", "1", "--pp", "1", "--rates"]
     argv += [f"{r:g}" for r in RATES] + ["--duration-s", "5", "--max-tokens", "16", "--prompt-tokens", "32"]

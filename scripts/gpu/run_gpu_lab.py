@@ -10,8 +10,9 @@ GPU, two that own N/2 each otherwise; the head has none), then ``notebooks/02_lo
 itself through papermill (``labkit.run.run_lab``) with GPU parameters and the cluster's address: the
 three regimes, histograms, timelines with GPU utilization, diagnosis and verification log, exactly
 as a learner runs them. No second copy of the lesson flow lives here.
-``--phase kit``: the kit's distributed door on the same cluster layout (one replica of TP x PP),
-driven by the kit's load generator at two offered loads. ``--phase vllm``: vLLM's own OpenAI server
+``--phase kit``: the kit's doors (``--doors distributed direct-ingress``; the distributed proxies by
+default) on the same cluster layout (one replica of TP x PP, deployed once per door), driven by the
+kit's load generator at two offered loads, with every request's hops. ``--phase vllm``: vLLM's own OpenAI server
 on the same GPUs, model and engine settings, driven the same way. ``--phase both`` runs both and adds
 ``compare`` to ``result.json``: deploy time, tokens/s, TTFT and end-to-end p50/p95/p99 at each
 offered load, kit / vLLM ratios. The two may also run as two commands with the same ``--out`` and
@@ -187,47 +188,80 @@ def run_notebook(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def run_kit(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Deploy one replica with the kit and drive its distributed door at the two offered loads."""
+    """Deploy one replica with the kit and drive each of its doors (``--doors``) at the two offered loads.
+
+    Each door is its own deployment of the same replica, one after the other on the same GPUs:
+    ``distributed`` (a Serve proxy on every node, the lesson's healthy door) and ``direct-ingress``
+    (Serve's throughput-optimized mode: the client reaches the replica's own HTTP server). Every row
+    carries the per-hop p50 / p99 of its requests (``labkit.stats.hop_breakdown``).
+    """
     import labkit
 
     cluster = _start_cluster(args)
+    rows: dict[str, Any] = {}
+    deploys: dict[str, float] = {}
     try:
-        config = labkit.topology_preset(
-            "distributed",
-            backend="gpu" if args.gpus else "cpu",
-            model=args.model,
-            num_replicas=1,
-            tensor_parallel_size=args.tp,
-            pipeline_parallel_size=args.pp,
-            max_model_len=args.max_model_len,
-            max_num_seqs=args.max_num_seqs,
-            max_tokens_limit=max(args.max_tokens, 256),
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            max_ongoing_requests=512,
-            engine_kwargs=_engine_kwargs(args),
-            deploy_timeout_s=540.0,
-        )
-        deployment = labkit.deploy(config)
-        _log(f"deployed in {deployment.deploy_s:.1f} s: {deployment!r}; plan {deployment.plan.bundles}")
-        bundles = _bundle_nodes(cluster)
-        gpus_after_deploy = _gpu_memory()
-        _log(f"bundles on nodes: {bundles}; GPU memory after deploy: {gpus_after_deploy}")
-        common = _load_settings(args, str(deployment.model.model), out)
-        runs = {
-            f"distributed-{rate:g}rps": labkit.run_topology("distributed", deployment.url, rate_rps=rate, **common)
-            for rate in args.rates
-        }
-        for name, run in runs.items():
-            _log(f"{name}: {run.summary!r}\n  diagnosis: {run.diagnosis.verdict}")
-        _figures(runs, out / "figures", "kit")
+        for door in args.doors:
+            _wait_gpu_memory_free()
+            config = labkit.topology_preset(
+                door,
+                backend="gpu" if args.gpus else "cpu",
+                model=args.model,
+                num_replicas=1,
+                tensor_parallel_size=args.tp,
+                pipeline_parallel_size=args.pp,
+                max_model_len=args.max_model_len,
+                max_num_seqs=args.max_num_seqs,
+                max_tokens_limit=max(args.max_tokens, 256),
+                gpu_memory_utilization=args.gpu_memory_utilization,
+                max_ongoing_requests=512,
+                engine_kwargs=_engine_kwargs(args),
+                deploy_timeout_s=540.0,
+            )
+            deployment = labkit.deploy(config)
+            deploys[door] = deployment.deploy_s
+            _log(f"{door}: deployed in {deployment.deploy_s:.1f} s: {deployment!r}; plan {deployment.plan.bundles}")
+            bundles = _bundle_nodes(cluster)
+            gpus_after_deploy = _gpu_memory()
+            _log(f"bundles on nodes: {bundles}; GPU memory after deploy: {gpus_after_deploy}")
+            common = _load_settings(args, str(deployment.model.model), out)
+            runs = {
+                f"{door}-{rate:g}rps": labkit.run_topology(door, deployment.url, rate_rps=rate, **common)
+                for rate in args.rates
+            }
+            for name, run in runs.items():
+                _log(f"{name}: {run.summary!r}\n  diagnosis: {run.diagnosis.verdict}")
+                rows[name] = {**_row(run, deployment.deploy_s), "hops_ms": _hops_ms(run.result.records)}
+            _figures(runs, out / "figures", "kit")
+            deployment.shutdown()
         return {
-            "deploy_s": deployment.deploy_s,
-            "rows": {name: _row(run, deployment.deploy_s) for name, run in runs.items()},
+            "deploy_s": deploys[args.doors[0]],
+            "deploy_s_by_door": deploys,
+            "rows": rows,
             "bundles": bundles,
             "gpu_memory_after_deploy": gpus_after_deploy,
         }
     finally:
         cluster.stop()
+
+
+def _hops_ms(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Return ``{hop: {"p50": ms, "p99": ms, "count": n}}`` of one run (the percentiles its count supports)."""
+    from labkit.stats import hop_breakdown
+
+    return {
+        hop: {"count": h["count"], **{q: round(h[q] * 1000, 3) for q in ("p50", "p99") if h.get(q) is not None}}
+        for hop, h in hop_breakdown(records).items()
+    }
+
+
+def _wait_gpu_memory_free(timeout_s: float = 120.0, below_gib: float = 2.0) -> None:
+    """Wait until every GPU's used memory is under ``below_gib`` (an engine just deleted frees it late)."""
+    deadline = time.monotonic() + timeout_s
+    while (busy := [g for g in _gpu_memory() if g["used_gib"] >= below_gib]) and time.monotonic() < deadline:
+        time.sleep(2)
+    if busy:
+        _log(f"GPU memory still in use after {timeout_s:.0f} s: {busy}")
 
 
 def _load_settings(args: argparse.Namespace, tokenizer: str, out: Path) -> dict[str, Any]:
@@ -345,21 +379,34 @@ def run_vllm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def compare(kit: dict[str, Any], vllm: dict[str, Any], rates: list[float]) -> dict[str, Any]:
-    """Return kit and vLLM-alone numbers side by side with kit / vLLM ratios, per offered load."""
+def compare(
+    kit: dict[str, Any],
+    vllm: dict[str, Any],
+    rates: list[float],
+    doors: tuple[str, ...] = ("distributed", "direct-ingress"),
+) -> dict[str, Any]:
+    """Return kit and vLLM-alone numbers side by side with kit / vLLM ratios, per door and offered load.
+
+    Keys: ``"4rps"`` for the distributed door (as earlier results name it), ``"direct-ingress-4rps"``
+    for the other; a door the kit phase did not run is left out.
+    """
     table = {}
-    for rate in rates:
-        k, v = kit["rows"][f"distributed-{rate:g}rps"], vllm["rows"][f"vllm-{rate:g}rps"]
-        keys = ["deploy_s", "output_tokens_per_s"]
-        keys += [f"{m}_{q}_s" for m in ("ttft", "e2e") for q in ("p50", "p95", "p99")]
-        table[f"{rate:g}rps"] = {
-            key: {
-                "kit": k.get(key),
-                "vllm": v.get(key),
-                "ratio": (k[key] / v[key]) if k.get(key) and v.get(key) else None,
+    keys = ["deploy_s", "output_tokens_per_s"]
+    keys += [f"{m}_{q}_s" for m in ("ttft", "e2e") for q in ("p50", "p95", "p99")]
+    for door in doors:
+        for rate in rates:
+            k, v = kit["rows"].get(f"{door}-{rate:g}rps"), vllm["rows"][f"vllm-{rate:g}rps"]
+            if k is None:
+                continue  # the kit phase ran other doors
+            name = f"{rate:g}rps" if door == "distributed" else f"{door}-{rate:g}rps"
+            table[name] = {
+                key: {
+                    "kit": k.get(key),
+                    "vllm": v.get(key),
+                    "ratio": (k[key] / v[key]) if k.get(key) and v.get(key) else None,
+                }
+                for key in keys
             }
-            for key in keys
-        }
     return table
 
 
@@ -425,6 +472,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-rates", type=float, nargs="+", default=[1.0, 3.0, 6.0], help="notebook: sweep")
     parser.add_argument("--sweep-duration-s", type=float, default=6.0, help="notebook: seconds per sweep point")
     parser.add_argument("--phase", choices=["notebook", "kit", "vllm", "both"], default="both")
+    parser.add_argument(
+        "--doors",
+        nargs="+",
+        choices=["distributed", "direct-ingress"],
+        default=["distributed"],
+        help="kit phase: the doors to deploy and drive, one after the other",
+    )
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args(argv)
 
