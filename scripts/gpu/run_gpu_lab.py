@@ -36,6 +36,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+#: The kit's doors the kit phase can drive (``--doors``) and ``compare`` looks for, in this order.
+DOORS = ("distributed", "direct-ingress")
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
@@ -383,7 +385,7 @@ def compare(
     kit: dict[str, Any],
     vllm: dict[str, Any],
     rates: list[float],
-    doors: tuple[str, ...] = ("distributed", "direct-ingress"),
+    doors: tuple[str, ...] = DOORS,
 ) -> dict[str, Any]:
     """Return kit and vLLM-alone numbers side by side with kit / vLLM ratios, per door and offered load.
 
@@ -475,7 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--doors",
         nargs="+",
-        choices=["distributed", "direct-ingress"],
+        choices=DOORS,
         default=["distributed"],
         help="kit phase: the doors to deploy and drive, one after the other",
     )
